@@ -1,0 +1,30 @@
+#ifndef OFFSITE_COMMON_PROTO_UTIL_H_
+#define OFFSITE_COMMON_PROTO_UTIL_H_
+
+#include <string>
+#include <string_view>
+
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "google/protobuf/message.h"
+
+namespace offsite {
+
+// InvalidArgument naming the first field (by path and number) that the
+// receiver's schema does not know, e.g. a client built from a newer proto.
+absl::Status CheckNoUnknownFields(const google::protobuf::Message& message,
+                                  const std::string& path = "");
+
+// Parses a text-format proto, naming the file and line of the first error.
+absl::Status ParseTextProto(std::string_view text, const std::string& source,
+                            google::protobuf::Message* message);
+absl::Status ReadTextProtoFile(const std::string& path, google::protobuf::Message* message);
+
+// Range checks for spec validation; errors read "FIELD: VALUE is outside [LO, HI]".
+absl::Status CheckRange(absl::string_view field, double value, double lo, double hi);
+
+}  // namespace offsite
+
+#endif  // OFFSITE_COMMON_PROTO_UTIL_H_

@@ -1,0 +1,28 @@
+#ifndef OFFSITE_COMMON_RUNTIME_H_
+#define OFFSITE_COMMON_RUNTIME_H_
+
+// Process-wide compute settings, and the facts about them worth logging.
+
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace offsite {
+
+// Sets LibTorch's intra-op threads; 0 means every core. Returns the count set.
+int ConfigureThreads(int threads);
+
+// OpenBLAS's kernel in use (e.g. "Haswell"), or "unknown" when LibTorch does
+// not run on OpenBLAS. OPENBLAS_CORETYPE must be set before the process starts
+// to change it; deploy/ scripts do that where the CPU has AVX-512.
+std::string OpenBlasCoreName();
+
+// One line for logs: threads, BLAS kernel, LibTorch version.
+std::string RuntimeSummary();
+
+// InvalidArgument unless `device` parses as a torch::Device usable here.
+absl::Status CheckDevice(const std::string& device);
+
+}  // namespace offsite
+
+#endif  // OFFSITE_COMMON_RUNTIME_H_

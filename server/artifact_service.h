@@ -1,0 +1,39 @@
+#ifndef OFFSITE_SERVER_ARTIFACT_SERVICE_H_
+#define OFFSITE_SERVER_ARTIFACT_SERVICE_H_
+
+// gRPC adapter for artifact transfer: chunked, resumable from an offset, and
+// checked by SHA-256 at both ends. Storage lives in ArtifactStore.
+
+#include "offsite/v1/artifact.grpc.pb.h"
+#include "server/artifact_store.h"
+#include "server/rpc_handler.h"
+
+namespace offsite {
+
+// Owners read everything; anyone else only what they own.
+absl::Status CheckCanRead(const Caller& caller, const v1::Artifact& artifact);
+
+class ArtifactServiceImpl final : public v1::ArtifactService::Service {
+ public:
+  ArtifactServiceImpl(ArtifactStore* store, RpcEnvironment env) : store_(store), env_(env) {}
+
+  grpc::Status StatArtifact(grpc::ServerContext* context, const v1::StatArtifactRequest* request,
+                            v1::Artifact* response) override;
+  grpc::Status DownloadArtifact(grpc::ServerContext* context,
+                                const v1::DownloadArtifactRequest* request,
+                                grpc::ServerWriter<v1::ArtifactChunk>* writer) override;
+  grpc::Status StatUpload(grpc::ServerContext* context, const v1::StatUploadRequest* request,
+                          v1::UploadStatus* response) override;
+  grpc::Status UploadArtifact(grpc::ServerContext* context,
+                              grpc::ServerReader<v1::UploadArtifactRequest>* reader,
+                              v1::Artifact* response) override;
+
+ private:
+  absl::StatusOr<v1::Artifact> GetReadable(const Caller& caller, const std::string& id);
+  ArtifactStore* store_;
+  RpcEnvironment env_;
+};
+
+}  // namespace offsite
+
+#endif  // OFFSITE_SERVER_ARTIFACT_SERVICE_H_

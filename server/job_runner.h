@@ -1,0 +1,68 @@
+#ifndef OFFSITE_SERVER_JOB_RUNNER_H_
+#define OFFSITE_SERVER_JOB_RUNNER_H_
+
+// The contract between the scheduler and a job kind. A runner validates its
+// typed spec before the job is queued, then runs it with a JobContext through
+// which it reports progress, checkpoints and leaves artifacts.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "offsite/v1/job.pb.h"
+
+namespace offsite {
+
+class JobContext {
+ public:
+  virtual ~JobContext() = default;
+
+  virtual const v1::Job& job() const = 0;
+  // True once the job was cancelled or the server is stopping; the runner
+  // should then return absl::CancelledError() promptly (check every step).
+  virtual bool cancelled() const = 0;
+
+  // Progress is rate-limited by the context; call it every step.
+  virtual void ReportProgress(absl::string_view phase, int64_t step, int64_t total_steps) = 0;
+  virtual void ReportMetrics(int64_t step, const std::map<std::string, double>& values) = 0;
+  virtual void Log(absl::string_view line) = 0;
+
+  // A directory private to this job that survives restarts: checkpoints go
+  // here (write atomically), and a resumed job finds them again.
+  virtual const std::string& work_dir() const = 0;
+  // True when the runner should write a checkpoint now (the server's interval
+  // elapsed since the last call that returned true).
+  virtual bool CheckpointDue() = 0;
+
+  // Moves the file into the artifact store as an output of this job.
+  virtual absl::Status AddArtifact(const std::string& path, const std::string& name) = 0;
+
+  // torch::Device string for this job, e.g. "cpu".
+  virtual const std::string& device() const = 0;
+};
+
+class JobRunner {
+ public:
+  virtual ~JobRunner() = default;
+  // Rejects a bad spec with InvalidArgument naming the field and value.
+  virtual absl::Status Validate(const v1::JobSpec& spec) const = 0;
+  // Runs the job to completion, resuming from work_dir() if a checkpoint is
+  // there. Returns CancelledError when ctx.cancelled().
+  virtual absl::Status Run(const v1::JobSpec& spec, JobContext& ctx) const = 0;
+};
+
+// One runner per job kind (the JobSpec oneof case).
+using RunnerRegistry = std::map<v1::JobSpec::KindCase, std::unique_ptr<JobRunner>>;
+
+// The registry of every job kind this server runs.
+RunnerRegistry DefaultRunners();
+
+// The kind's name: the oneof field name, e.g. "forward_forward"; "" if unset.
+std::string KindName(v1::JobSpec::KindCase kind);
+
+}  // namespace offsite
+
+#endif  // OFFSITE_SERVER_JOB_RUNNER_H_

@@ -1,0 +1,241 @@
+#include "server/jobs/forward_forward_job.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "common/checkpoint.h"
+#include "common/file_util.h"
+#include "common/idx.h"
+#include "common/proto_util.h"
+#include "common/status_macros.h"
+#include "google/protobuf/text_format.h"
+#include "models/forward_forward.h"
+
+namespace offsite {
+namespace {
+
+constexpr char kCheckpointFormat[] = "forward_forward_checkpoint";
+constexpr char kModelFormat[] = "forward_forward_model";
+constexpr int64_t kFormatVersion = 1;
+constexpr int64_t kEvalBatch = 1000;
+
+// The spec with every default filled in, so the job runs what it reports.
+v1::ForwardForwardSpec Resolved(v1::ForwardForwardSpec spec) {
+  if (spec.layer_widths().empty()) {
+    for (int i = 0; i < 4; ++i) spec.add_layer_widths(500);
+  }
+  if (spec.learning_rate() == 0) spec.set_learning_rate(1e-3);
+  if (spec.epochs() == 0) spec.set_epochs(10);
+  if (spec.batch_size() == 0) spec.set_batch_size(100);
+  if (spec.train_images().empty()) spec.set_train_images(FashionMnistFile("train-images-idx3-ubyte.gz"));
+  if (spec.train_labels().empty()) spec.set_train_labels(FashionMnistFile("train-labels-idx1-ubyte.gz"));
+  if (spec.test_images().empty()) spec.set_test_images(FashionMnistFile("t10k-images-idx3-ubyte.gz"));
+  if (spec.test_labels().empty()) spec.set_test_labels(FashionMnistFile("t10k-labels-idx1-ubyte.gz"));
+  return spec;
+}
+
+absl::Status CheckFile(const std::string& field, const std::string& path) {
+  if (path.empty() || FileExists(path)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("forward_forward.", field, ": \"", path, "\" does not exist on the server"));
+}
+
+// Predictions in batches, so goodness mode's one pass per label stays small.
+template <typename Predict>
+double EvaluateAccuracy(const torch::Tensor& x, const torch::Tensor& y, Predict predict) {
+  torch::NoGradGuard no_grad;
+  int64_t correct = 0;
+  for (int64_t start = 0; start < x.size(0); start += kEvalBatch) {
+    int64_t end = std::min(start + kEvalBatch, x.size(0));
+    torch::Tensor predicted = predict(x.slice(0, start, end));
+    correct += predicted.eq(y.slice(0, start, end)).sum().item<int64_t>();
+  }
+  return x.size(0) ? static_cast<double>(correct) / x.size(0) : 0.0;
+}
+
+}  // namespace
+
+absl::Status ForwardForwardJob::Validate(const v1::JobSpec& job_spec) const {
+  const v1::ForwardForwardSpec& spec = job_spec.forward_forward();
+  if (spec.layer_widths_size() == 1 || spec.layer_widths_size() > 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("forward_forward.layer_widths: ", spec.layer_widths_size(),
+                     " layers; goodness prediction needs 2 to 16 (or none for 4 x 500)"));
+  }
+  for (int i = 0; i < spec.layer_widths_size(); ++i) {
+    OFFSITE_RETURN_IF_ERROR(CheckRange(absl::StrCat("forward_forward.layer_widths[", i, "]"),
+                                       spec.layer_widths(i), 1, 16384));
+  }
+  OFFSITE_RETURN_IF_ERROR(CheckRange("forward_forward.theta", spec.theta(), 0, 1e7));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("forward_forward.learning_rate", spec.learning_rate(), 0, 1));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("forward_forward.epochs", spec.epochs(), 0, 10000));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("forward_forward.batch_size", spec.batch_size(), 0, 65536));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("forward_forward.train_subset", spec.train_subset(), 0, 1e9));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("forward_forward.test_subset", spec.test_subset(), 0, 1e9));
+  if (!std::isfinite(spec.theta()) || !std::isfinite(spec.learning_rate())) {
+    return absl::InvalidArgumentError("forward_forward: theta and learning_rate must be finite");
+  }
+  OFFSITE_RETURN_IF_ERROR(CheckFile("train_images", spec.train_images()));
+  OFFSITE_RETURN_IF_ERROR(CheckFile("train_labels", spec.train_labels()));
+  OFFSITE_RETURN_IF_ERROR(CheckFile("test_images", spec.test_images()));
+  OFFSITE_RETURN_IF_ERROR(CheckFile("test_labels", spec.test_labels()));
+  return absl::OkStatus();
+}
+
+absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
+  const v1::ForwardForwardSpec spec = Resolved(job_spec.forward_forward());
+  const torch::Device device(ctx.device());
+
+  OFFSITE_ASSIGN_OR_RETURN(LabeledImages train, LoadIdxDataset(spec.train_images(),
+                                                               spec.train_labels(),
+                                                               spec.train_subset()));
+  OFFSITE_ASSIGN_OR_RETURN(LabeledImages test, LoadIdxDataset(spec.test_images(),
+                                                              spec.test_labels(),
+                                                              spec.test_subset()));
+  const int64_t n = train.images.size(0);
+  if (n == 0) return absl::InvalidArgumentError("forward_forward: the training set is empty");
+  torch::Tensor train_x = train.images.reshape({n, -1}).to(device);
+  torch::Tensor train_y = train.labels.to(device);
+  torch::Tensor test_x = test.images.reshape({test.images.size(0), -1}).to(device);
+  torch::Tensor test_y = test.labels.to(device);
+  if (test_x.size(1) != train_x.size(1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "forward_forward: test images have ", test_x.size(1), " pixels, training images ",
+        train_x.size(1)));
+  }
+
+  ForwardForwardOptions options;
+  options.layer_widths.assign(spec.layer_widths().begin(), spec.layer_widths().end());
+  options.input_dim = train_x.size(1);
+  options.num_classes = std::max<int64_t>(
+      10, std::max(train_y.max().item<int64_t>(), test_y.max().item<int64_t>()) + 1);
+  if (options.input_dim <= options.num_classes) {
+    return absl::InvalidArgumentError(absl::StrCat("forward_forward: ", options.input_dim,
+                                                   " pixels cannot carry ", options.num_classes,
+                                                   " label inputs"));
+  }
+  options.theta = spec.theta();
+  options.learning_rate = spec.learning_rate();
+  options.hard_negatives = spec.hard_negatives();
+
+  torch::manual_seed(spec.seed());
+  ForwardForwardTrainer ff(options, device);
+  std::unique_ptr<BackpropMlpTrainer> bp;
+  if (spec.backprop_baseline()) bp = std::make_unique<BackpropMlpTrainer>(options, device);
+
+  // Resume where the last checkpoint left off: (epoch, step within it).
+  const std::string checkpoint = ctx.work_dir() + "/checkpoint.pt";
+  int64_t start_epoch = 0, start_step = 0;
+  {
+    torch::serialize::InputArchive archive;
+    absl::Status loaded = LoadArchive(checkpoint, kCheckpointFormat, kFormatVersion, &archive);
+    if (loaded.ok()) {
+      c10::IValue epoch, step;
+      archive.read("epoch", epoch);
+      archive.read("step", step);
+      start_epoch = epoch.toInt();
+      start_step = step.toInt();
+      torch::serialize::InputArchive ff_archive;
+      archive.read("ff", ff_archive);
+      ff.Load(ff_archive);
+      if (bp) {
+        torch::serialize::InputArchive bp_archive;
+        archive.read("bp", bp_archive);
+        bp->Load(bp_archive);
+      }
+      ctx.Log(absl::StrCat("resumed from checkpoint at epoch ", start_epoch + 1, ", step ",
+                           start_step));
+    } else if (!absl::IsNotFound(loaded)) {
+      return loaded;
+    }
+  }
+  auto save_checkpoint = [&](int64_t epoch, int64_t step) -> absl::Status {
+    torch::serialize::OutputArchive archive;
+    archive.write("epoch", c10::IValue(epoch));
+    archive.write("step", c10::IValue(step));
+    torch::serialize::OutputArchive ff_archive;
+    ff.Save(ff_archive);
+    archive.write("ff", ff_archive);
+    if (bp) {
+      torch::serialize::OutputArchive bp_archive;
+      bp->Save(bp_archive);
+      archive.write("bp", bp_archive);
+    }
+    return SaveArchive(archive, kCheckpointFormat, kFormatVersion, checkpoint);
+  };
+
+  const int64_t batch = spec.batch_size();
+  const int64_t steps_per_epoch = (n + batch - 1) / batch;
+  const int64_t total_steps = steps_per_epoch * spec.epochs();
+  ctx.Log(absl::StrCat("training ", n, " examples, ", test_x.size(0), " test, ",
+                       options.layer_widths.size(), " layers, ", steps_per_epoch,
+                       " steps per epoch on ", ctx.device()));
+
+  for (int64_t epoch = start_epoch; epoch < spec.epochs(); ++epoch) {
+    // Data order depends only on (seed, epoch), so a resumed job replays it;
+    // negative labels draw from the global generator, reseeded at each start point.
+    const int64_t first_step = epoch == start_epoch ? start_step : 0;
+    torch::manual_seed(spec.seed() * 1000003 + epoch * 10007 + first_step);
+    torch::Generator order_generator = at::detail::createCPUGenerator(spec.seed() * 1000003 + epoch);
+    torch::Tensor order =
+        torch::randperm(n, order_generator, torch::TensorOptions().dtype(torch::kLong)).to(device);
+    double loss_sum = 0, softmax_loss_sum = 0, bp_loss_sum = 0;
+    int64_t steps = 0;
+    for (int64_t step = first_step; step < steps_per_epoch; ++step) {
+      if (ctx.cancelled()) return absl::CancelledError("cancelled");
+      torch::Tensor index = order.slice(0, step * batch, std::min(n, (step + 1) * batch));
+      torch::Tensor x = train_x.index_select(0, index);
+      torch::Tensor y = train_y.index_select(0, index);
+      StepStats stats = ff.TrainStep(x, y);
+      loss_sum += stats.loss;
+      softmax_loss_sum += stats.softmax_loss;
+      if (bp) bp_loss_sum += bp->TrainStep(x, y);
+      ++steps;
+      ctx.ReportProgress(absl::StrCat("epoch ", epoch + 1, "/", spec.epochs()),
+                         epoch * steps_per_epoch + step + 1, total_steps);
+      if (step + 1 < steps_per_epoch && ctx.CheckpointDue()) {
+        OFFSITE_RETURN_IF_ERROR(save_checkpoint(epoch, step + 1));
+      }
+    }
+    std::map<std::string, double> metrics;
+    metrics["epoch"] = epoch + 1;
+    metrics["loss"] = steps ? loss_sum / steps : 0;
+    metrics["softmax_loss"] = steps ? softmax_loss_sum / steps : 0;
+    metrics["test_accuracy"] =
+        EvaluateAccuracy(test_x, test_y, [&](const torch::Tensor& x) { return ff.PredictGoodness(x); });
+    metrics["test_accuracy_softmax"] =
+        EvaluateAccuracy(test_x, test_y, [&](const torch::Tensor& x) { return ff.PredictSoftmax(x); });
+    if (bp) {
+      metrics["backprop_loss"] = steps ? bp_loss_sum / steps : 0;
+      metrics["backprop_test_accuracy"] =
+          EvaluateAccuracy(test_x, test_y, [&](const torch::Tensor& x) { return bp->Predict(x); });
+    }
+    ctx.ReportMetrics((epoch + 1) * steps_per_epoch, metrics);
+    ctx.Log(absl::StrCat("epoch ", epoch + 1, ": loss ", metrics["loss"], ", test accuracy ",
+                         metrics["test_accuracy"], " (goodness), ",
+                         metrics["test_accuracy_softmax"], " (softmax)"));
+    OFFSITE_RETURN_IF_ERROR(save_checkpoint(epoch + 1, 0));
+  }
+
+  // The trained model, with the spec that produced it.
+  torch::serialize::OutputArchive model;
+  std::string spec_text;
+  google::protobuf::TextFormat::PrintToString(spec, &spec_text);
+  model.write("spec", c10::IValue(spec_text));
+  torch::serialize::OutputArchive ff_archive;
+  ff.Save(ff_archive);
+  model.write("ff", ff_archive);
+  if (bp) {
+    torch::serialize::OutputArchive bp_archive;
+    bp->Save(bp_archive);
+    model.write("bp", bp_archive);
+  }
+  const std::string model_path = ctx.work_dir() + "/model.pt";
+  OFFSITE_RETURN_IF_ERROR(SaveArchive(model, kModelFormat, kFormatVersion, model_path));
+  return ctx.AddArtifact(model_path, "forward_forward_model.pt");
+}
+
+}  // namespace offsite
