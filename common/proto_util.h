@@ -3,6 +3,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 
@@ -21,6 +22,11 @@ absl::Status CheckNoUnknownFields(const google::protobuf::Message& message,
 absl::Status ParseTextProto(std::string_view text, const std::string& source,
                             google::protobuf::Message* message);
 absl::Status ReadTextProtoFile(const std::string& path, google::protobuf::Message* message);
+
+// PermissionDenied naming the field when a field marked (offsite.v1.server_path)
+// names a path outside every directory in `roots` (symlinks resolved).
+absl::Status CheckServerPaths(const google::protobuf::Message& message,
+                              const std::vector<std::string>& roots, const std::string& path = "");
 
 // Range checks for spec validation; errors read "FIELD: VALUE is outside [LO, HI]".
 absl::Status CheckRange(absl::string_view field, double value, double lo, double hi);

@@ -41,6 +41,9 @@ absl::Status JobManager::Validate(const v1::JobSpec& spec) const {
 
 absl::StatusOr<v1::Job> JobManager::Submit(const Caller& caller, const v1::JobSpec& spec) {
   OFFSITE_RETURN_IF_ERROR(RequireSubmitter(caller));
+  // Checked before Validate, whose "does not exist" would let a tenant probe
+  // for files outside the data roots.
+  if (!caller.is_owner()) OFFSITE_RETURN_IF_ERROR(CheckServerPaths(spec, data_roots_));
   OFFSITE_RETURN_IF_ERROR(Validate(spec));
   v1::Job job;
   job.set_id(NewId("job"));

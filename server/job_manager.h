@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "offsite/v1/job.pb.h"
@@ -19,8 +20,14 @@ namespace offsite {
 
 class JobManager {
  public:
-  JobManager(JobStore* jobs, Scheduler* scheduler, const RunnerRegistry* runners, EventBus* bus)
-      : jobs_(jobs), scheduler_(scheduler), runners_(runners), bus_(bus) {}
+  // `data_roots`: the directories whose files non-owners' specs may name.
+  JobManager(JobStore* jobs, Scheduler* scheduler, const RunnerRegistry* runners, EventBus* bus,
+             std::vector<std::string> data_roots = {})
+      : jobs_(jobs),
+        scheduler_(scheduler),
+        runners_(runners),
+        bus_(bus),
+        data_roots_(std::move(data_roots)) {}
 
   absl::StatusOr<v1::Job> Submit(const Caller& caller, const v1::JobSpec& spec);
   absl::StatusOr<v1::Job> Get(const Caller& caller, const std::string& id);
@@ -49,6 +56,7 @@ class JobManager {
   Scheduler* scheduler_;
   const RunnerRegistry* runners_;
   EventBus* bus_;
+  std::vector<std::string> data_roots_;
 };
 
 }  // namespace offsite

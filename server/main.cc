@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -28,6 +29,9 @@ ABSL_FLAG(int, workers, 0, "Jobs run at the same time [1]");
 ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads (0: all cores)");
 ABSL_FLAG(std::string, device, "", "torch::Device for jobs, e.g. cpu or cuda:0 [cpu]");
 ABSL_FLAG(int, checkpoint_interval_s, 0, "Seconds between checkpoints of a running job [30]");
+ABSL_FLAG(std::vector<std::string>, data_roots, {},
+          "Comma-separated directories whose files data owners' jobs may read "
+          "[/usr/share/datasets,<data_dir>/datasets]");
 ABSL_FLAG(std::string, port_file, "", "Write the bound port here once serving (for scripts)");
 
 int main(int argc, char** argv) {
@@ -55,6 +59,7 @@ int main(int argc, char** argv) {
   set_string(absl::GetFlag(FLAGS_access_file), [&](auto v) { config.set_access_file(v); });
   set_string(absl::GetFlag(FLAGS_device), [&](auto v) { config.set_device(v); });
   if (absl::GetFlag(FLAGS_insecure)) config.set_insecure(true);
+  for (const std::string& root : absl::GetFlag(FLAGS_data_roots)) config.add_data_roots(root);
   if (absl::GetFlag(FLAGS_workers) > 0) config.set_workers(absl::GetFlag(FLAGS_workers));
   if (absl::GetFlag(FLAGS_threads) > 0) config.set_threads(absl::GetFlag(FLAGS_threads));
   if (absl::GetFlag(FLAGS_checkpoint_interval_s) > 0) {

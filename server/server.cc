@@ -55,6 +55,10 @@ v1::ServerConfig WithDefaults(v1::ServerConfig config) {
   if (config.workers() <= 0) config.set_workers(1);
   if (config.device().empty()) config.set_device("cpu");
   if (config.checkpoint_interval_s() <= 0) config.set_checkpoint_interval_s(30);
+  if (config.data_roots().empty()) {
+    config.add_data_roots("/usr/share/datasets");
+    config.add_data_roots(config.data_dir() + "/datasets");
+  }
   return config;
 }
 
@@ -119,8 +123,9 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
   scheduler_options.checkpoint_interval_s = config.checkpoint_interval_s();
   state->scheduler = std::make_unique<Scheduler>(state->jobs.get(), state->artifacts.get(),
                                                  &state->runners, &state->bus, scheduler_options);
-  state->manager = std::make_unique<JobManager>(state->jobs.get(), state->scheduler.get(),
-                                                &state->runners, &state->bus);
+  state->manager = std::make_unique<JobManager>(
+      state->jobs.get(), state->scheduler.get(), &state->runners, &state->bus,
+      std::vector<std::string>(config.data_roots().begin(), config.data_roots().end()));
   RpcEnvironment env{state->auth.get(), state->audit.get()};
   state->job_service = std::make_unique<JobServiceImpl>(state->manager.get(), env);
   state->artifact_service = std::make_unique<ArtifactServiceImpl>(state->artifacts.get(), env);

@@ -67,7 +67,8 @@ class SchedulerTest : public ::testing::Test {
     options.workers = workers;
     scheduler_ = std::make_unique<Scheduler>(jobs_.get(), artifacts_.get(), &runners_, &bus_,
                                              options);
-    manager_ = std::make_unique<JobManager>(jobs_.get(), scheduler_.get(), &runners_, &bus_);
+    manager_ = std::make_unique<JobManager>(jobs_.get(), scheduler_.get(), &runners_, &bus_,
+                                            std::vector<std::string>{dir_ + "/datasets"});
     ASSERT_TRUE(scheduler_->Start().ok());
   }
   v1::Job Submit(int mode, const Caller& caller = {"owner", v1::OWNER}) {
@@ -254,6 +255,31 @@ TEST_F(SchedulerTest, SubmitRejectsBadSpecsNamingTheProblem) {
   EXPECT_TRUE(absl::IsInvalidArgument(status));
   EXPECT_NE(status.message().find("999"), std::string::npos);
   EXPECT_NE(status.message().find("forward_forward"), std::string::npos);
+}
+
+TEST_F(SchedulerTest, DataOwnerMayNameOnlyFilesUnderTheDataRoots) {
+  StartScheduler();
+  Caller alice{"alice", v1::DATA_OWNER};
+  for (const std::string& path :
+       {std::string("/etc/passwd"), dir_ + "/datasets/../offsite.db", std::string("relative")}) {
+    v1::JobSpec spec;
+    spec.mutable_forward_forward()->set_epochs(1);
+    spec.mutable_forward_forward()->set_train_images(path);
+    absl::Status status = manager_->Submit(alice, spec).status();
+    EXPECT_TRUE(absl::IsPermissionDenied(status)) << path << ": " << status;
+    EXPECT_NE(status.message().find("forward_forward.train_images"), std::string::npos);
+  }
+  std::filesystem::create_directories(dir_ + "/datasets");
+  std::ofstream(dir_ + "/datasets/train.idx") << "x";
+  v1::JobSpec inside;
+  inside.mutable_forward_forward()->set_epochs(1);
+  inside.mutable_forward_forward()->set_train_images(dir_ + "/datasets/train.idx");
+  EXPECT_TRUE(manager_->Submit(alice, inside).ok());
+  // The owner is trusted with any path.
+  v1::JobSpec anywhere;
+  anywhere.mutable_forward_forward()->set_epochs(1);
+  anywhere.mutable_forward_forward()->set_train_images("/etc/passwd");
+  EXPECT_TRUE(manager_->Submit(owner_, anywhere).ok());
 }
 
 }  // namespace
