@@ -40,6 +40,19 @@ absl::StatusOr<v1::Artifact> DownloadArtifact(v1::ArtifactService::StubInterface
     std::remove(part.c_str());  // Not a prefix of this artifact.
     offset = 0;
   }
+  // Hash as the bytes arrive (after the prefix a previous attempt left), so
+  // the check at the end costs no second pass over the file.
+  Sha256 hasher;
+  if (offset > 0) {
+    std::ifstream prefix(part, std::ios::binary);
+    std::string buffer(1 << 20, '\0');
+    for (int64_t left = offset; left > 0;) {
+      const int64_t n = std::min<int64_t>(left, buffer.size());
+      if (!prefix.read(buffer.data(), n)) return absl::DataLossError(absl::StrCat("cannot read ", part));
+      hasher.Update(std::string_view(buffer.data(), n));
+      left -= n;
+    }
+  }
   for (int attempt = 0;; ++attempt) {
     std::ofstream out(part, std::ios::binary | std::ios::app);
     if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", part));
@@ -57,6 +70,7 @@ absl::StatusOr<v1::Artifact> DownloadArtifact(v1::ArtifactService::StubInterface
                                                 chunk.offset(), ", expected ", offset));
       }
       out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+      hasher.Update(chunk.data());
       if (!out) return absl::ResourceExhaustedError(absl::StrCat("cannot write ", part));
       offset += static_cast<int64_t>(chunk.data().size());
       if (options.progress) options.progress(offset, artifact.size());
@@ -75,7 +89,7 @@ absl::StatusOr<v1::Artifact> DownloadArtifact(v1::ArtifactService::StubInterface
     if (!Retriable(status) || attempt >= options.max_retries) return status;
     Pause(attempt);
   }
-  OFFSITE_ASSIGN_OR_RETURN(std::string sha256, Sha256File(part));
+  const std::string sha256 = hasher.HexDigest();
   if (sha256 != artifact.sha256()) {
     std::remove(part.c_str());
     return absl::DataLossError(absl::StrCat("download of ", id, ": SHA-256 ", sha256,
@@ -91,6 +105,10 @@ absl::StatusOr<v1::Artifact> DownloadArtifact(v1::ArtifactService::StubInterface
 absl::StatusOr<v1::Artifact> UploadArtifact(v1::ArtifactService::StubInterface& stub,
                                             const std::string& path, const std::string& name,
                                             const TransferOptions& options) {
+  if (options.chunk_size <= 0 || options.chunk_size > (4 << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk_size: ", options.chunk_size, " is outside [1, 4 MiB]"));
+  }
   OFFSITE_ASSIGN_OR_RETURN(std::string sha256, Sha256File(path));
   OFFSITE_ASSIGN_OR_RETURN(int64_t size, FileSize(path));
   for (int attempt = 0;; ++attempt) {

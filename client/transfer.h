@@ -18,6 +18,7 @@ using TransferProgress = std::function<void(int64_t done, int64_t total)>;
 
 struct TransferOptions {
   TransferProgress progress;
+  // Bytes per message, at most 4 MiB (the server's limit).
   int chunk_size = 1 << 20;
   // Reconnect attempts after a broken stream before giving up.
   int max_retries = 5;

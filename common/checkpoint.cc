@@ -9,10 +9,7 @@
 
 namespace offsite {
 
-absl::Status SaveArchive(torch::serialize::OutputArchive& archive, const std::string& format,
-                         int64_t version, const std::string& path) {
-  archive.write("offsite_format", c10::IValue(format));
-  archive.write("offsite_format_version", c10::IValue(version));
+absl::Status WriteArchiveFile(torch::serialize::OutputArchive& archive, const std::string& path) {
   const std::string tmp = path + ".tmp";
   try {
     archive.save_to(tmp);
@@ -25,14 +22,27 @@ absl::Status SaveArchive(torch::serialize::OutputArchive& archive, const std::st
   return absl::OkStatus();
 }
 
-absl::Status LoadArchive(const std::string& path, const std::string& format, int64_t version,
-                         torch::serialize::InputArchive* archive) {
+absl::Status SaveArchive(torch::serialize::OutputArchive& archive, const std::string& format,
+                         int64_t version, const std::string& path) {
+  archive.write("offsite_format", c10::IValue(format));
+  archive.write("offsite_format_version", c10::IValue(version));
+  return WriteArchiveFile(archive, path);
+}
+
+absl::Status ReadArchiveFile(const std::string& path, torch::serialize::InputArchive* archive) {
   if (!FileExists(path)) return absl::NotFoundError(absl::StrCat(path, " does not exist"));
   try {
     archive->load_from(path);
   } catch (const std::exception&) {
     return absl::InvalidArgumentError(absl::StrCat(path, " is not a LibTorch archive"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status LoadArchive(const std::string& path, const std::string& format, int64_t version,
+                         torch::serialize::InputArchive* archive) {
+  absl::Status read = ReadArchiveFile(path, archive);
+  if (!read.ok()) return read;
   c10::IValue stored_format, stored_version;
   if (!archive->try_read("offsite_format", stored_format) || !stored_format.isString() ||
       !archive->try_read("offsite_format_version", stored_version) || !stored_version.isInt()) {

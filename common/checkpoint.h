@@ -15,6 +15,12 @@
 
 namespace offsite {
 
+// Writes `archive` to `path` atomically, as it is (for archives that carry
+// their own format tag, e.g. SaveConvNextV2's).
+absl::Status WriteArchiveFile(torch::serialize::OutputArchive& archive, const std::string& path);
+// Reads `path` into `archive`; NotFound / InvalidArgument naming the file.
+absl::Status ReadArchiveFile(const std::string& path, torch::serialize::InputArchive* archive);
+
 // Tags `archive` with (format, version) and writes it to `path` atomically.
 absl::Status SaveArchive(torch::serialize::OutputArchive& archive, const std::string& format,
                          int64_t version, const std::string& path);

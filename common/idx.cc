@@ -69,8 +69,8 @@ absl::StatusOr<IdxArray> ReadIdx(const std::string& path, int expected_dims) {
   errno = 0;
   GzFile file(gzopen(path.c_str(), "rb"));
   if (file == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": cannot open: ", errno != 0 ? std::strerror(errno) : "out of memory"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": cannot open: ", errno != 0 ? std::strerror(errno) : "out of memory"));
   }
 
   std::vector<uint8_t> header;
@@ -83,14 +83,14 @@ absl::StatusOr<IdxArray> ReadIdx(const std::string& path, int expected_dims) {
                          (uint32_t{header[2]} << 8) | uint32_t{header[3]};
   const uint32_t expected_magic = (kUnsignedByteCode << 8) | expected_dims;
   if (header[0] != 0 || header[1] != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: bad magic number 0x%08x (expected 0x%08x); not an IDX file", path, magic,
-        expected_magic));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: bad magic number 0x%08x (expected 0x%08x); not an IDX file", path,
+                        magic, expected_magic));
   }
   if (header[2] != kUnsignedByteCode) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: unsupported dtype code 0x%02x in magic number 0x%08x (only unsigned byte, 0x08)",
-        path, header[2], magic));
+        "%s: unsupported dtype code 0x%02x in magic number 0x%08x (only unsigned byte, 0x08)", path,
+        header[2], magic));
   }
   if (header[3] != expected_dims) {
     return absl::InvalidArgumentError(
@@ -102,16 +102,15 @@ absl::StatusOr<IdxArray> ReadIdx(const std::string& path, int expected_dims) {
   header.clear();
   OFFSITE_ASSIGN_OR_RETURN(got, ReadUpTo(file.get(), path, dims_bytes, header));
   if (got < dims_bytes) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: truncated header: expected %d bytes of dimensions, got %d", path,
-                        dims_bytes, got));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: truncated header: expected %d bytes of dimensions, got %d", path, dims_bytes, got));
   }
   IdxArray array;
   uint64_t size = 1;
   for (int i = 0; i < expected_dims; ++i) {
     const uint8_t* p = &header[4 * i];
-    const uint64_t dim = (uint64_t{p[0]} << 24) | (uint64_t{p[1]} << 16) |
-                         (uint64_t{p[2]} << 8) | uint64_t{p[3]};
+    const uint64_t dim =
+        (uint64_t{p[0]} << 24) | (uint64_t{p[1]} << 16) | (uint64_t{p[2]} << 8) | uint64_t{p[3]};
     // Each factor is < 2^32, so this test keeps the product below 2^62.
     if (dim != 0 && size > (uint64_t{1} << 62) / dim) {
       return absl::InvalidArgumentError(
@@ -123,15 +122,17 @@ absl::StatusOr<IdxArray> ReadIdx(const std::string& path, int expected_dims) {
 
   OFFSITE_ASSIGN_OR_RETURN(got, ReadUpTo(file.get(), path, size, array.data));
   if (got < size) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: truncated data: expected %d bytes, got %d", path, size, got));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: truncated data: expected %d bytes, got %d", path, size, got));
   }
   return array;
 }
 
 at::Tensor ToTensor(IdxArray& array) {
   torch::Tensor tensor = torch::empty(array.dims, torch::kUInt8);
-  if (!array.data.empty()) std::memcpy(tensor.data_ptr<uint8_t>(), array.data.data(), array.data.size());
+  if (!array.data.empty()) {
+    std::memcpy(tensor.data_ptr<uint8_t>(), array.data.data(), array.data.size());
+  }
   return tensor;
 }
 
@@ -155,9 +156,9 @@ absl::StatusOr<LabeledImages> LoadIdxDataset(const std::string& images_path,
   OFFSITE_ASSIGN_OR_RETURN(torch::Tensor images, ReadIdxImages(images_path));
   OFFSITE_ASSIGN_OR_RETURN(torch::Tensor labels, ReadIdxLabels(labels_path));
   if (images.size(0) != labels.size(0)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s holds %d images but %s holds %d labels", images_path,
-                        images.size(0), labels_path, labels.size(0)));
+    return absl::InvalidArgumentError(absl::StrFormat("%s holds %d images but %s holds %d labels",
+                                                      images_path, images.size(0), labels_path,
+                                                      labels.size(0)));
   }
   if (limit > 0 && limit < images.size(0)) {
     images = images.slice(0, 0, limit);

@@ -48,42 +48,52 @@ bool UnderRoots(const std::string& path, const std::vector<std::string>& roots) 
 
 }  // namespace
 
-absl::Status CheckServerPaths(const Message& message, const std::vector<std::string>& roots,
-                              const std::string& path) {
+const FieldDescriptor* FieldOption(const std::string& full_name) {
+  // Linking options.pb.cc registers the extensions in the generated pool.
+  (void)v1::server_path;
+  return google::protobuf::DescriptorPool::generated_pool()->FindExtensionByName(full_name);
+}
+
+std::vector<std::pair<std::string, std::string>> MarkedStrings(const Message& message,
+                                                              const FieldDescriptor* option,
+                                                              const std::string& path) {
+  std::vector<std::pair<std::string, std::string>> found;
   const Reflection* reflection = message.GetReflection();
   std::vector<const FieldDescriptor*> fields;
   reflection->ListFields(message, &fields);
   for (const FieldDescriptor* field : fields) {
     std::string name = path.empty() ? field->name() : absl::StrCat(path, ".", field->name());
-    if (field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
-      if (field->is_repeated()) {
-        for (int i = 0; i < reflection->FieldSize(message, field); ++i) {
-          OFFSITE_RETURN_IF_ERROR(CheckServerPaths(reflection->GetRepeatedMessage(message, field, i),
-                                                   roots, absl::StrCat(name, "[", i, "]")));
-        }
-      } else {
-        OFFSITE_RETURN_IF_ERROR(CheckServerPaths(reflection->GetMessage(message, field), roots, name));
+    const int count = field->is_repeated() ? reflection->FieldSize(message, field) : 1;
+    for (int i = 0; i < count; ++i) {
+      std::string item = field->is_repeated() ? absl::StrCat(name, "[", i, "]") : name;
+      if (field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+        const Message& child = field->is_repeated()
+                                   ? reflection->GetRepeatedMessage(message, field, i)
+                                   : reflection->GetMessage(message, field);
+        for (auto& entry : MarkedStrings(child, option, item)) found.push_back(std::move(entry));
+        continue;
       }
-      continue;
-    }
-    if (field->cpp_type() != FieldDescriptor::CPPTYPE_STRING ||
-        !field->options().GetExtension(v1::server_path)) {
-      continue;
-    }
-    std::vector<std::string> values;
-    if (field->is_repeated()) {
-      for (int i = 0; i < reflection->FieldSize(message, field); ++i) {
-        values.push_back(reflection->GetRepeatedString(message, field, i));
+      if (field->cpp_type() != FieldDescriptor::CPPTYPE_STRING) continue;
+      const google::protobuf::FieldOptions& options = field->options();
+      const Reflection* option_reflection = options.GetReflection();
+      if (!option_reflection->HasField(options, option) ||
+          !option_reflection->GetBool(options, option)) {
+        continue;
       }
-    } else {
-      values.push_back(reflection->GetString(message, field));
+      std::string value = field->is_repeated() ? reflection->GetRepeatedString(message, field, i)
+                                               : reflection->GetString(message, field);
+      if (!value.empty()) found.emplace_back(item, value);
     }
-    for (const std::string& value : values) {
-      if (!value.empty() && !UnderRoots(value, roots)) {
-        return absl::PermissionDeniedError(absl::StrCat(
-            name, ": \"", value, "\" is outside the server's data roots (",
-            absl::StrJoin(roots, ", "), ")"));
-      }
+  }
+  return found;
+}
+
+absl::Status CheckServerPaths(const Message& message, const std::vector<std::string>& roots) {
+  for (const auto& [field, value] : MarkedStrings(message, FieldOption("offsite.v1.server_path"))) {
+    if (!UnderRoots(value, roots)) {
+      return absl::PermissionDeniedError(absl::StrCat(field, ": \"", value,
+                                                      "\" is outside the server's data roots (",
+                                                      absl::StrJoin(roots, ", "), ")"));
     }
   }
   return absl::OkStatus();

@@ -101,6 +101,14 @@ absl::StatusOr<v1::Artifact> ArtifactStore::AddFile(const std::string& path,
                                                     const std::string& job_id) {
   OFFSITE_ASSIGN_OR_RETURN(std::string sha256, Sha256File(path));
   OFFSITE_ASSIGN_OR_RETURN(int64_t size, FileSize(path));
+  return AddVerified(path, sha256, size, name, owner, job_id);
+}
+
+absl::StatusOr<v1::Artifact> ArtifactStore::AddVerified(const std::string& path,
+                                                        const std::string& sha256, int64_t size,
+                                                        const std::string& name,
+                                                        const std::string& owner,
+                                                        const std::string& job_id) {
   std::string blob = BlobPath(sha256);
   OFFSITE_RETURN_IF_ERROR(MakeDirs(blob.substr(0, blob.rfind('/')), 0700));
   if (FileExists(blob)) {
@@ -195,7 +203,7 @@ absl::StatusOr<v1::Artifact> ArtifactStore::FinishUpload(const std::string& owne
     return absl::DataLossError(absl::StrCat("upload SHA-256 mismatch: declared ", sha256,
                                             ", received ", actual, "; upload discarded"));
   }
-  return AddFile(path, name, owner, "");
+  return AddVerified(path, sha256, size, name, owner, "");
 }
 
 }  // namespace offsite

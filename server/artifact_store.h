@@ -42,6 +42,10 @@ class ArtifactStore {
  private:
   ArtifactStore(Database* db, std::string root) : db_(db), root_(std::move(root)) {}
   std::string UploadPath(const std::string& owner, const std::string& sha256) const;
+  // AddFile for content whose hash and size are already known.
+  absl::StatusOr<v1::Artifact> AddVerified(const std::string& path, const std::string& sha256,
+                                           int64_t size, const std::string& name,
+                                           const std::string& owner, const std::string& job_id);
   absl::StatusOr<v1::Artifact> Record(const std::string& sha256, int64_t size,
                                       const std::string& name, const std::string& owner,
                                       const std::string& job_id);

@@ -39,12 +39,25 @@ absl::Status JobManager::Validate(const v1::JobSpec& spec) const {
   return runner->second->Validate(spec);
 }
 
+absl::Status JobManager::CheckArtifactRefs(const Caller& caller, const v1::JobSpec& spec) {
+  for (const auto& [field, id] : MarkedStrings(spec, FieldOption("offsite.v1.artifact_ref"))) {
+    absl::StatusOr<v1::Artifact> artifact = artifacts_->Get(id);
+    // Jobs run as their submitter, so even the owner names only its own artifacts.
+    if (!artifact.ok() || artifact->owner() != caller.principal) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": artifact \"", id, "\" not found among ", caller.principal, "'s"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::Job> JobManager::Submit(const Caller& caller, const v1::JobSpec& spec) {
   OFFSITE_RETURN_IF_ERROR(RequireSubmitter(caller));
   // Checked before Validate, whose "does not exist" would let a tenant probe
   // for files outside the data roots.
   if (!caller.is_owner()) OFFSITE_RETURN_IF_ERROR(CheckServerPaths(spec, data_roots_));
   OFFSITE_RETURN_IF_ERROR(Validate(spec));
+  OFFSITE_RETURN_IF_ERROR(CheckArtifactRefs(caller, spec));
   v1::Job job;
   job.set_id(NewId("job"));
   job.set_owner(caller.principal);

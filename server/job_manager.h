@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "offsite/v1/job.pb.h"
+#include "server/artifact_store.h"
 #include "server/auth.h"
 #include "server/event_bus.h"
 #include "server/job_runner.h"
@@ -21,9 +22,10 @@ namespace offsite {
 class JobManager {
  public:
   // `data_roots`: the directories whose files non-owners' specs may name.
-  JobManager(JobStore* jobs, Scheduler* scheduler, const RunnerRegistry* runners, EventBus* bus,
-             std::vector<std::string> data_roots = {})
+  JobManager(JobStore* jobs, ArtifactStore* artifacts, Scheduler* scheduler,
+             const RunnerRegistry* runners, EventBus* bus, std::vector<std::string> data_roots = {})
       : jobs_(jobs),
+        artifacts_(artifacts),
         scheduler_(scheduler),
         runners_(runners),
         bus_(bus),
@@ -52,7 +54,11 @@ class JobManager {
   // be probed.
   absl::StatusOr<v1::Job> GetVisible(const Caller& caller, const std::string& id);
 
+  // Artifacts a spec refers to ((artifact_ref) fields) must be the caller's.
+  absl::Status CheckArtifactRefs(const Caller& caller, const v1::JobSpec& spec);
+
   JobStore* jobs_;
+  ArtifactStore* artifacts_;
   Scheduler* scheduler_;
   const RunnerRegistry* runners_;
   EventBus* bus_;

@@ -1,5 +1,7 @@
 #include "server/job_runner.h"
 
+#include "server/jobs/fcmae_job.h"
+#include "server/jobs/finetune_job.h"
 #include "server/jobs/forward_forward_job.h"
 
 namespace offsite {
@@ -13,6 +15,8 @@ std::string KindName(v1::JobSpec::KindCase kind) {
 RunnerRegistry DefaultRunners() {
   RunnerRegistry runners;
   runners[v1::JobSpec::kForwardForward] = std::make_unique<ForwardForwardJob>();
+  runners[v1::JobSpec::kFcmae] = std::make_unique<FcmaeJob>();
+  runners[v1::JobSpec::kFinetune] = std::make_unique<FinetuneJob>();
   return runners;
 }
 

@@ -12,6 +12,7 @@
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "offsite/v1/job.pb.h"
 
 namespace offsite {
@@ -39,6 +40,10 @@ class JobContext {
 
   // Moves the file into the artifact store as an output of this job.
   virtual absl::Status AddArtifact(const std::string& path, const std::string& name) = 0;
+
+  // Local path of an artifact's bytes for reading, once checked to belong to
+  // the job's owner (NotFound otherwise).
+  virtual absl::StatusOr<std::string> ArtifactPath(const std::string& artifact_id) = 0;
 
   // torch::Device string for this job, e.g. "cpu".
   virtual const std::string& device() const = 0;

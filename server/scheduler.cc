@@ -110,6 +110,14 @@ class Scheduler::Context : public JobContext {
     return absl::OkStatus();
   }
 
+  absl::StatusOr<std::string> ArtifactPath(const std::string& artifact_id) override {
+    OFFSITE_ASSIGN_OR_RETURN(v1::Artifact artifact, scheduler_->artifacts_->Get(artifact_id));
+    if (artifact.owner() != job_.owner()) {
+      return absl::NotFoundError(absl::StrCat("artifact ", artifact_id, " not found"));
+    }
+    return scheduler_->artifacts_->BlobPath(artifact.sha256());
+  }
+
   const std::string& device() const override { return scheduler_->options_.device; }
 
  private:

@@ -124,7 +124,8 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
   state->scheduler = std::make_unique<Scheduler>(state->jobs.get(), state->artifacts.get(),
                                                  &state->runners, &state->bus, scheduler_options);
   state->manager = std::make_unique<JobManager>(
-      state->jobs.get(), state->scheduler.get(), &state->runners, &state->bus,
+      state->jobs.get(), state->artifacts.get(), state->scheduler.get(), &state->runners,
+      &state->bus,
       std::vector<std::string>(config.data_roots().begin(), config.data_roots().end()));
   RpcEnvironment env{state->auth.get(), state->audit.get()};
   state->job_service = std::make_unique<JobServiceImpl>(state->manager.get(), env);
@@ -133,6 +134,8 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // Room for 4 MiB artifact chunks plus their framing.
+  builder.SetMaxReceiveMessageSize(16 << 20);
   builder.AddListeningPort(config.listen_address(), credentials, &state->port);
   builder.RegisterService(state->job_service.get());
   builder.RegisterService(state->artifact_service.get());

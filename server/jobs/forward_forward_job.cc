@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "google/protobuf/text_format.h"
 #include "models/forward_forward.h"
+#include "server/jobs/training_loop.h"
 
 namespace offsite {
 namespace {
@@ -126,36 +127,55 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
   std::unique_ptr<BackpropMlpTrainer> bp;
   if (spec.backprop_baseline()) bp = std::make_unique<BackpropMlpTrainer>(options, device);
 
-  // Resume where the last checkpoint left off: (epoch, step within it).
-  const std::string checkpoint = ctx.work_dir() + "/checkpoint.pt";
-  int64_t start_epoch = 0, start_step = 0;
-  {
-    torch::serialize::InputArchive archive;
-    absl::Status loaded = LoadArchive(checkpoint, kCheckpointFormat, kFormatVersion, &archive);
-    if (loaded.ok()) {
-      c10::IValue epoch, step;
-      archive.read("epoch", epoch);
-      archive.read("step", step);
-      start_epoch = epoch.toInt();
-      start_step = step.toInt();
-      torch::serialize::InputArchive ff_archive;
-      archive.read("ff", ff_archive);
-      ff.Load(ff_archive);
-      if (bp) {
-        torch::serialize::InputArchive bp_archive;
-        archive.read("bp", bp_archive);
-        bp->Load(bp_archive);
-      }
-      ctx.Log(absl::StrCat("resumed from checkpoint at epoch ", start_epoch + 1, ", step ",
-                           start_step));
-    } else if (!absl::IsNotFound(loaded)) {
-      return loaded;
+  const int64_t batch = spec.batch_size();
+  const int64_t steps_per_epoch = (n + batch - 1) / batch;
+  ctx.Log(absl::StrCat("training ", n, " examples, ", test_x.size(0), " test, ",
+                       options.layer_widths.size(), " layers, ", steps_per_epoch,
+                       " steps per epoch on ", ctx.device()));
+
+  double loss_sum = 0, softmax_loss_sum = 0, bp_loss_sum = 0;
+  int64_t steps = 0;
+  TrainingLoopOptions loop;
+  loop.num_examples = n;
+  loop.batch_size = batch;
+  loop.epochs = spec.epochs();
+  loop.seed = spec.seed();
+  loop.checkpoint_format = kCheckpointFormat;
+  loop.device = device;
+  TrainingLoopHooks hooks;
+  hooks.step = [&](const torch::Tensor& index, int64_t) {
+    torch::Tensor x = train_x.index_select(0, index);
+    torch::Tensor y = train_y.index_select(0, index);
+    StepStats stats = ff.TrainStep(x, y);
+    loss_sum += stats.loss;
+    softmax_loss_sum += stats.softmax_loss;
+    if (bp) bp_loss_sum += bp->TrainStep(x, y);
+    ++steps;
+    return absl::OkStatus();
+  };
+  hooks.end_epoch = [&](int64_t epoch) {
+    std::map<std::string, double> metrics;
+    metrics["epoch"] = epoch;
+    metrics["loss"] = steps ? loss_sum / steps : 0;
+    metrics["softmax_loss"] = steps ? softmax_loss_sum / steps : 0;
+    metrics["test_accuracy"] = EvaluateAccuracy(
+        test_x, test_y, [&](const torch::Tensor& x) { return ff.PredictGoodness(x); });
+    metrics["test_accuracy_softmax"] = EvaluateAccuracy(
+        test_x, test_y, [&](const torch::Tensor& x) { return ff.PredictSoftmax(x); });
+    if (bp) {
+      metrics["backprop_loss"] = steps ? bp_loss_sum / steps : 0;
+      metrics["backprop_test_accuracy"] =
+          EvaluateAccuracy(test_x, test_y, [&](const torch::Tensor& x) { return bp->Predict(x); });
     }
-  }
-  auto save_checkpoint = [&](int64_t epoch, int64_t step) -> absl::Status {
-    torch::serialize::OutputArchive archive;
-    archive.write("epoch", c10::IValue(epoch));
-    archive.write("step", c10::IValue(step));
+    ctx.ReportMetrics(epoch * steps_per_epoch, metrics);
+    ctx.Log(absl::StrCat("epoch ", epoch, ": loss ", metrics["loss"], ", test accuracy ",
+                         metrics["test_accuracy"], " (goodness), ",
+                         metrics["test_accuracy_softmax"], " (softmax)"));
+    loss_sum = softmax_loss_sum = bp_loss_sum = 0;
+    steps = 0;
+    return absl::OkStatus();
+  };
+  hooks.save = [&](torch::serialize::OutputArchive& archive) {
     torch::serialize::OutputArchive ff_archive;
     ff.Save(ff_archive);
     archive.write("ff", ff_archive);
@@ -164,61 +184,18 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
       bp->Save(bp_archive);
       archive.write("bp", bp_archive);
     }
-    return SaveArchive(archive, kCheckpointFormat, kFormatVersion, checkpoint);
   };
-
-  const int64_t batch = spec.batch_size();
-  const int64_t steps_per_epoch = (n + batch - 1) / batch;
-  const int64_t total_steps = steps_per_epoch * spec.epochs();
-  ctx.Log(absl::StrCat("training ", n, " examples, ", test_x.size(0), " test, ",
-                       options.layer_widths.size(), " layers, ", steps_per_epoch,
-                       " steps per epoch on ", ctx.device()));
-
-  for (int64_t epoch = start_epoch; epoch < spec.epochs(); ++epoch) {
-    // Data order depends only on (seed, epoch), so a resumed job replays it;
-    // negative labels draw from the global generator, reseeded at each start point.
-    const int64_t first_step = epoch == start_epoch ? start_step : 0;
-    torch::manual_seed(spec.seed() * 1000003 + epoch * 10007 + first_step);
-    torch::Generator order_generator = at::detail::createCPUGenerator(spec.seed() * 1000003 + epoch);
-    torch::Tensor order =
-        torch::randperm(n, order_generator, torch::TensorOptions().dtype(torch::kLong)).to(device);
-    double loss_sum = 0, softmax_loss_sum = 0, bp_loss_sum = 0;
-    int64_t steps = 0;
-    for (int64_t step = first_step; step < steps_per_epoch; ++step) {
-      if (ctx.cancelled()) return absl::CancelledError("cancelled");
-      torch::Tensor index = order.slice(0, step * batch, std::min(n, (step + 1) * batch));
-      torch::Tensor x = train_x.index_select(0, index);
-      torch::Tensor y = train_y.index_select(0, index);
-      StepStats stats = ff.TrainStep(x, y);
-      loss_sum += stats.loss;
-      softmax_loss_sum += stats.softmax_loss;
-      if (bp) bp_loss_sum += bp->TrainStep(x, y);
-      ++steps;
-      ctx.ReportProgress(absl::StrCat("epoch ", epoch + 1, "/", spec.epochs()),
-                         epoch * steps_per_epoch + step + 1, total_steps);
-      if (step + 1 < steps_per_epoch && ctx.CheckpointDue()) {
-        OFFSITE_RETURN_IF_ERROR(save_checkpoint(epoch, step + 1));
-      }
-    }
-    std::map<std::string, double> metrics;
-    metrics["epoch"] = epoch + 1;
-    metrics["loss"] = steps ? loss_sum / steps : 0;
-    metrics["softmax_loss"] = steps ? softmax_loss_sum / steps : 0;
-    metrics["test_accuracy"] =
-        EvaluateAccuracy(test_x, test_y, [&](const torch::Tensor& x) { return ff.PredictGoodness(x); });
-    metrics["test_accuracy_softmax"] =
-        EvaluateAccuracy(test_x, test_y, [&](const torch::Tensor& x) { return ff.PredictSoftmax(x); });
+  hooks.load = [&](torch::serialize::InputArchive& archive) {
+    torch::serialize::InputArchive ff_archive;
+    archive.read("ff", ff_archive);
+    ff.Load(ff_archive);
     if (bp) {
-      metrics["backprop_loss"] = steps ? bp_loss_sum / steps : 0;
-      metrics["backprop_test_accuracy"] =
-          EvaluateAccuracy(test_x, test_y, [&](const torch::Tensor& x) { return bp->Predict(x); });
+      torch::serialize::InputArchive bp_archive;
+      archive.read("bp", bp_archive);
+      bp->Load(bp_archive);
     }
-    ctx.ReportMetrics((epoch + 1) * steps_per_epoch, metrics);
-    ctx.Log(absl::StrCat("epoch ", epoch + 1, ": loss ", metrics["loss"], ", test accuracy ",
-                         metrics["test_accuracy"], " (goodness), ",
-                         metrics["test_accuracy_softmax"], " (softmax)"));
-    OFFSITE_RETURN_IF_ERROR(save_checkpoint(epoch + 1, 0));
-  }
+  };
+  OFFSITE_RETURN_IF_ERROR(RunTrainingLoop(loop, hooks, ctx));
 
   // The trained model, with the spec that produced it.
   torch::serialize::OutputArchive model;

@@ -1,0 +1,25 @@
+#include "models/lr_schedule.h"
+
+#include <torch/optim/adamw.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace offsite {
+
+double WarmupCosine(int64_t step, int64_t warmup_steps, int64_t total_steps, double peak,
+                    double floor) {
+  if (step < warmup_steps) return peak * static_cast<double>(step + 1) / warmup_steps;
+  const int64_t decay_steps = std::max<int64_t>(1, total_steps - warmup_steps);
+  const double progress =
+      std::min(1.0, static_cast<double>(step - warmup_steps) / static_cast<double>(decay_steps));
+  return floor + (peak - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
+}
+
+void SetLearningRate(torch::optim::Optimizer& optimizer, double lr) {
+  for (torch::optim::OptimizerParamGroup& group : optimizer.param_groups()) {
+    group.options().set_lr(lr);
+  }
+}
+
+}  // namespace offsite

@@ -1,0 +1,20 @@
+#ifndef OFFSITE_MODELS_LR_SCHEDULE_H_
+#define OFFSITE_MODELS_LR_SCHEDULE_H_
+
+#include <cstdint>
+
+#include <torch/optim/optimizer.h>
+
+namespace offsite {
+
+// Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay to
+// `floor` at `total_steps` (the schedule of the ConvNeXt V2 / MAE recipes).
+double WarmupCosine(int64_t step, int64_t warmup_steps, int64_t total_steps, double peak,
+                    double floor = 0.0);
+
+// Sets every parameter group's learning rate.
+void SetLearningRate(torch::optim::Optimizer& optimizer, double lr);
+
+}  // namespace offsite
+
+#endif  // OFFSITE_MODELS_LR_SCHEDULE_H_

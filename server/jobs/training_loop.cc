@@ -1,0 +1,73 @@
+#include "server/jobs/training_loop.h"
+
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/checkpoint.h"
+#include "common/status_macros.h"
+
+namespace offsite {
+namespace {
+constexpr int64_t kCheckpointVersion = 1;
+}  // namespace
+
+absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingLoopHooks& hooks,
+                             JobContext& ctx) {
+  const int64_t n = options.num_examples;
+  const int64_t batch = options.batch_size;
+  if (n <= 0) return absl::InvalidArgumentError("the training set is empty");
+  const int64_t steps_per_epoch = (n + batch - 1) / batch;
+  const int64_t total_steps = steps_per_epoch * options.epochs;
+  const std::string path = ctx.work_dir() + "/checkpoint.pt";
+
+  int64_t start_epoch = 0, start_step = 0;
+  {
+    torch::serialize::InputArchive archive;
+    absl::Status loaded = LoadArchive(path, options.checkpoint_format, kCheckpointVersion, &archive);
+    if (loaded.ok()) {
+      c10::IValue epoch, step;
+      archive.read("loop_epoch", epoch);
+      archive.read("loop_step", step);
+      start_epoch = epoch.toInt();
+      start_step = step.toInt();
+      hooks.load(archive);
+      ctx.Log(absl::StrCat("resumed from checkpoint: epoch ", start_epoch + 1, ", step ",
+                           start_step));
+    } else if (!absl::IsNotFound(loaded)) {
+      return loaded;
+    }
+  }
+  auto checkpoint = [&](int64_t epoch, int64_t step) {
+    torch::serialize::OutputArchive archive;
+    archive.write("loop_epoch", c10::IValue(epoch));
+    archive.write("loop_step", c10::IValue(step));
+    hooks.save(archive);
+    return SaveArchive(archive, options.checkpoint_format, kCheckpointVersion, path);
+  };
+
+  for (int64_t epoch = start_epoch; epoch < options.epochs; ++epoch) {
+    // The order depends only on (seed, epoch), so a resumed job replays it;
+    // other randomness (masks, dropout) is reseeded at every start point.
+    const int64_t first_step = epoch == start_epoch ? start_step : 0;
+    torch::manual_seed(options.seed * 1000003 + epoch * 10007 + first_step);
+    torch::Generator order_generator =
+        at::detail::createCPUGenerator(options.seed * 1000003 + epoch);
+    torch::Tensor order = torch::randperm(n, order_generator, torch::kLong).to(options.device);
+    for (int64_t step = first_step; step < steps_per_epoch; ++step) {
+      if (ctx.cancelled()) return absl::CancelledError("cancelled");
+      const int64_t global = epoch * steps_per_epoch + step;
+      OFFSITE_RETURN_IF_ERROR(
+          hooks.step(order.slice(0, step * batch, std::min(n, (step + 1) * batch)), global));
+      ctx.ReportProgress(absl::StrCat("epoch ", epoch + 1, "/", options.epochs), global + 1,
+                         total_steps);
+      if (step + 1 < steps_per_epoch && ctx.CheckpointDue()) {
+        OFFSITE_RETURN_IF_ERROR(checkpoint(epoch, step + 1));
+      }
+    }
+    OFFSITE_RETURN_IF_ERROR(hooks.end_epoch(epoch + 1));
+    OFFSITE_RETURN_IF_ERROR(checkpoint(epoch + 1, 0));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace offsite
