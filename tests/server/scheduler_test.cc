@@ -67,7 +67,8 @@ class SchedulerTest : public ::testing::Test {
     options.workers = workers;
     scheduler_ = std::make_unique<Scheduler>(jobs_.get(), artifacts_.get(), &runners_, &bus_,
                                              options);
-    manager_ = std::make_unique<JobManager>(jobs_.get(), scheduler_.get(), &runners_, &bus_,
+    manager_ = std::make_unique<JobManager>(jobs_.get(), artifacts_.get(), scheduler_.get(),
+                                            &runners_, &bus_,
                                             std::vector<std::string>{dir_ + "/datasets"});
     ASSERT_TRUE(scheduler_->Start().ok());
   }
