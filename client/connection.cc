@@ -54,6 +54,11 @@ ConnectionOptions ConnectionOptionsFrom(const CliArgs& args) {
 absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const ConnectionOptions& options) {
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(16 << 20);
+  // Reconnect quickly after a server restart (gRPC's default backoff grows to
+  // minutes), so a watch resumes within seconds of the server's return. The
+  // minimum backoff is left alone: gRPC also uses it as the connect timeout.
+  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   if (options.insecure) {
     return grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(),
                                      channel_args);

@@ -76,6 +76,12 @@ void ReadNested(torch::serialize::InputArchive& archive, const std::string& key,
   loadable.load(nested);
 }
 
+void SetAdamLearningRate(torch::optim::Adam& optimizer, double learning_rate) {
+  for (torch::optim::OptimizerParamGroup& group : optimizer.param_groups()) {
+    static_cast<torch::optim::AdamOptions&>(group.options()).lr(learning_rate);
+  }
+}
+
 }  // namespace
 
 absl::Status ValidateForwardForwardOptions(const ForwardForwardOptions& options) {
@@ -148,11 +154,10 @@ torch::Tensor SampleHardWrongLabels(const torch::Tensor& scores, const torch::Te
 }
 
 double Accuracy(const torch::Tensor& predicted, const torch::Tensor& labels) {
-  TORCH_CHECK(predicted.sizes() == labels.sizes(), "predicted ", predicted.sizes(),
-              " and labels ", labels.sizes(), " differ in shape");
+  TORCH_CHECK(predicted.sizes() == labels.sizes(), "predicted ", predicted.sizes(), " and labels ",
+              labels.sizes(), " differ in shape");
   if (labels.numel() == 0) return 0;
-  const int64_t correct =
-      predicted.to(labels.device()).eq(labels).sum().item<int64_t>();
+  const int64_t correct = predicted.to(labels.device()).eq(labels).sum().item<int64_t>();
   return static_cast<double>(correct) / static_cast<double>(labels.numel());
 }
 
@@ -201,8 +206,7 @@ ForwardForwardTrainer::ForwardForwardTrainer(const ForwardForwardOptions& option
 }
 
 double ForwardForwardTrainer::Theta(int64_t layer) const {
-  return options_.theta > 0 ? options_.theta
-                            : static_cast<double>(options_.layer_widths.at(layer));
+  return options_.theta > 0 ? options_.theta : static_cast<double>(options_.layer_widths.at(layer));
 }
 
 std::vector<torch::Tensor> ForwardForwardTrainer::LayerLosses(
@@ -214,8 +218,8 @@ std::vector<torch::Tensor> ForwardForwardTrainer::LayerLosses(
   std::vector<torch::Tensor> losses;
   for (size_t i = 0; i < activities.size(); ++i) {
     torch::Tensor goodness = Goodness(activities[i]);
-    losses.push_back(ForwardForwardLoss(goodness.slice(0, 0, batch),
-                                        goodness.slice(0, batch), Theta(i)));
+    losses.push_back(
+        ForwardForwardLoss(goodness.slice(0, 0, batch), goodness.slice(0, batch), Theta(i)));
   }
   return losses;
 }
@@ -223,9 +227,9 @@ std::vector<torch::Tensor> ForwardForwardTrainer::LayerLosses(
 StepStats ForwardForwardTrainer::TrainStep(const torch::Tensor& x_in, const torch::Tensor& y_in) {
   const torch::Tensor x = Flatten(x_in, options_.input_dim, device_);
   const torch::Tensor y = Labels(y_in, x.size(0), device_);
-  const torch::Tensor negative_labels =
-      options_.hard_negatives ? SampleHardWrongLabels(LabelGoodness(x), y)
-                              : SampleWrongLabels(y, options_.num_classes);
+  const torch::Tensor negative_labels = options_.hard_negatives
+                                            ? SampleHardWrongLabels(LabelGoodness(x), y)
+                                            : SampleWrongLabels(y, options_.num_classes);
 
   std::vector<torch::Tensor> losses = LayerLosses(x, y, negative_labels);
   for (auto& optimizer : layer_optimizers_) optimizer->zero_grad();
@@ -274,8 +278,7 @@ torch::Tensor ForwardForwardTrainer::PredictGoodness(const torch::Tensor& x) {
 
 torch::Tensor ForwardForwardTrainer::HeadInput(const torch::Tensor& x) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> activities =
-      net_->forward(EmbedNeutralLabel(x, options_.num_classes));
+  std::vector<torch::Tensor> activities = net_->forward(EmbedNeutralLabel(x, options_.num_classes));
   std::vector<torch::Tensor> normalised;
   for (size_t i = activities.size() > 1 ? 1 : 0; i < activities.size(); ++i) {
     normalised.push_back(RmsNormalize(activities[i]));
@@ -292,6 +295,11 @@ torch::Tensor ForwardForwardTrainer::PredictSoftmax(const torch::Tensor& x_in) {
   }
   if (chunks.empty()) return torch::zeros({0}, x.options().dtype(torch::kInt64));
   return torch::cat(chunks);
+}
+
+void ForwardForwardTrainer::SetLearningRate(double learning_rate) {
+  for (auto& optimizer : layer_optimizers_) SetAdamLearningRate(*optimizer, learning_rate);
+  SetAdamLearningRate(*head_optimizer_, learning_rate);
 }
 
 void ForwardForwardTrainer::Save(torch::serialize::OutputArchive& archive) {
@@ -316,8 +324,7 @@ void ForwardForwardTrainer::Load(torch::serialize::InputArchive& archive) {
   ReadNested(archive, "head_optimizer", *head_optimizer_);
 }
 
-BackpropMlpTrainer::BackpropMlpTrainer(const ForwardForwardOptions& options,
-                                       torch::Device device)
+BackpropMlpTrainer::BackpropMlpTrainer(const ForwardForwardOptions& options, torch::Device device)
     : options_(options), device_(device) {
   const absl::Status valid = ValidateForwardForwardOptions(options);
   TORCH_CHECK(valid.ok(), std::string(valid.message()));
@@ -350,16 +357,18 @@ torch::Tensor BackpropMlpTrainer::Predict(const torch::Tensor& x_in) {
   return net_->forward(x).argmax(1);
 }
 
+void BackpropMlpTrainer::SetLearningRate(double learning_rate) {
+  SetAdamLearningRate(*optimizer_, learning_rate);
+}
+
 void BackpropMlpTrainer::Save(torch::serialize::OutputArchive& archive) {
-  WriteVersionAndShape(archive, "backprop_mlp_format_version", kBackpropMlpFormatVersion,
-                       options_);
+  WriteVersionAndShape(archive, "backprop_mlp_format_version", kBackpropMlpFormatVersion, options_);
   WriteNested(archive, "net", *net_);
   WriteNested(archive, "optimizer", *optimizer_);
 }
 
 void BackpropMlpTrainer::Load(torch::serialize::InputArchive& archive) {
-  CheckVersionAndShape(archive, "backprop_mlp_format_version", kBackpropMlpFormatVersion,
-                       options_);
+  CheckVersionAndShape(archive, "backprop_mlp_format_version", kBackpropMlpFormatVersion, options_);
   ReadNested(archive, "net", *net_);
   ReadNested(archive, "optimizer", *optimizer_);
 }

@@ -59,8 +59,7 @@ torch::Tensor ForwardForwardLoss(const torch::Tensor& positive_goodness,
                                  const torch::Tensor& negative_goodness, double theta);
 
 // Copy of x [B, D] with labels [B] one-hot over its first num_classes columns.
-torch::Tensor EmbedLabels(const torch::Tensor& x, const torch::Tensor& labels,
-                          int64_t num_classes);
+torch::Tensor EmbedLabels(const torch::Tensor& x, const torch::Tensor& labels, int64_t num_classes);
 
 // Copy of x [B, D] with 1 / num_classes in each of its first num_classes columns.
 torch::Tensor EmbedNeutralLabel(const torch::Tensor& x, int64_t num_classes);
@@ -80,8 +79,8 @@ double Accuracy(const torch::Tensor& predicted, const torch::Tensor& labels);
 // RMS-normalised activity of the layer below.
 //
 // Weights are initialised N(0, 1/out_features) and biases 0 (as in loeweX's
-// port): with unit-RMS inputs the initial goodness of a layer is about half
-// its width, the same order as theta, so no layer starts saturated.
+// port): with unit-RMS inputs a layer's initial goodness is about half its
+// input width, the same order as theta (its own width).
 class ForwardForwardNetImpl : public torch::nn::Module {
  public:
   ForwardForwardNetImpl(int64_t input_dim, const std::vector<int64_t>& widths);
@@ -125,10 +124,14 @@ class ForwardForwardTrainer {
   torch::Tensor LabelGoodness(const torch::Tensor& x);
 
   // The FF loss of each layer for positives (x with labels y) and negatives
-  // (x with negative_labels). Loss i has gradients for layer i only; TrainStep
-  // minimises these.
+  // (x with negative_labels); x: float [B, input_dim], all on this trainer's
+  // device. Loss i has gradients for layer i only; TrainStep minimises these.
   std::vector<torch::Tensor> LayerLosses(const torch::Tensor& x, const torch::Tensor& y,
                                          const torch::Tensor& negative_labels);
+
+  // Sets the learning rate of every layer's optimiser and of the head's, e.g.
+  // for a schedule; takes effect at the next TrainStep.
+  void SetLearningRate(double learning_rate);
 
   // Writes / reads the net, the head and every optimiser's state, with a
   // format version and the layer widths. Load throws c10::Error if the archive
@@ -164,6 +167,7 @@ class BackpropMlpTrainer {
   // One Adam step; returns the batch's cross-entropy.
   double TrainStep(const torch::Tensor& x, const torch::Tensor& y);
   torch::Tensor Predict(const torch::Tensor& x);  // int64 [B]
+  void SetLearningRate(double learning_rate);
 
   // As ForwardForwardTrainer::Save / Load.
   void Save(torch::serialize::OutputArchive& archive);

@@ -16,7 +16,12 @@ grpc::Status HandleRpc(const RpcEnvironment& env, grpc::ServerContext* context,
   std::string principal;
   if (!caller.ok()) {
     outcome = caller.status();
-    principal = absl::StrCat("peer:", context->peer());
+    // Name a refused caller by its verified certificate when it has one.
+    std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+    std::vector<grpc::string_ref> names;
+    if (auth && auth->IsPeerAuthenticated()) names = auth->FindPropertyValues("x509_common_name");
+    principal = names.empty() ? absl::StrCat("peer:", context->peer())
+                              : std::string(names.front().data(), names.front().size());
   } else {
     principal = caller->principal;
     try {

@@ -1,5 +1,9 @@
 #include "server/server.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <iostream>
 
@@ -27,7 +31,11 @@
 namespace offsite {
 
 struct OffsiteServer::State {
+  ~State() {
+    if (lock_fd >= 0) ::close(lock_fd);
+  }
   v1::ServerConfig config;
+  int lock_fd = -1;  // flock on <data_dir>/LOCK, released by the kernel even on kill -9
   std::unique_ptr<Database> db;
   std::unique_ptr<JobStore> jobs;
   std::unique_ptr<ArtifactStore> artifacts;
@@ -106,6 +114,13 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
   const v1::ServerConfig& config = state->config;
   OFFSITE_RETURN_IF_ERROR(CheckDevice(config.device()));
   OFFSITE_RETURN_IF_ERROR(MakeDirs(config.data_dir(), 0700));
+  // One server per data directory: two would both requeue and run the same jobs.
+  const std::string lock_path = config.data_dir() + "/LOCK";
+  state->lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (state->lock_fd < 0 || ::flock(state->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "data directory ", config.data_dir(), " is in use by another offsite-server"));
+  }
   OFFSITE_ASSIGN_OR_RETURN(auto credentials, MakeCredentials(config));
 
   OFFSITE_ASSIGN_OR_RETURN(state->db, Database::Open(config.data_dir() + "/offsite.db"));
@@ -134,6 +149,9 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC shares ports between processes by default; a second server on the
+  // same address must fail instead of silently taking half the calls.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // Room for 4 MiB artifact chunks plus their framing.
   builder.SetMaxReceiveMessageSize(16 << 20);
   builder.AddListeningPort(config.listen_address(), credentials, &state->port);
