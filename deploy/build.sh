@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 deploy/install-deps.sh
 BUILD_DIR=${OFFSITE_BUILD_DIR:-build}
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+# Paths relative to the checkout, so another clone of the repository hits the same cache.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$(pwd)}
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE:-Release} "$@" >/dev/null
 # LibTorch translation units need ~1.5 GB each: one job per core is the most that fits comfortably.
 cmake --build "$BUILD_DIR" -j "$(nproc)"
