@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The ConvNeXt V2 / FCMAE results table, run through the real server and client:
+# FCMAE-pretrained vs from-scratch fine-tuning with LABELS labels, the GRN
+# ablation and the masked-convolution ablation, over SEEDS seeds.
+#
+# Usage: tests/bench/convnext_experiment.sh            (after deploy/build.sh)
+# Knobs (environment): PRETRAIN_EPOCHS=10 PRETRAIN_IMAGES=60000 FT_EPOCHS=50
+#   LABELS=1000 SEEDS="1 2" TEST_IMAGES=10000 FULL_LABELS=0 (1: also all labels)
+# Prints a markdown table of top-1 test accuracy (mean and spread over seeds).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source deploy/env.sh
+BUILD_DIR=${OFFSITE_BUILD_DIR:-build}
+SERVER="$BUILD_DIR/server/offsite-server"
+CLIENT="$BUILD_DIR/client/offsite"
+PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-10}
+PRETRAIN_IMAGES=${PRETRAIN_IMAGES:-60000}
+FT_EPOCHS=${FT_EPOCHS:-50}
+LABELS=${LABELS:-1000}
+SEEDS=${SEEDS:-"1 2"}
+TEST_IMAGES=${TEST_IMAGES:-10000}
+FULL_LABELS=${FULL_LABELS:-0}
+WORK=${WORK:-$(mktemp -d -t offsite-convnext.XXXXXX)}
+echo "work dir: $WORK (server log: $WORK/server.log)"
+
+"$SERVER" --listen 127.0.0.1:0 --port_file "$WORK/port" --data_dir "$WORK/data" \
+  >"$WORK/server.out" 2>"$WORK/server.log" &
+SERVER_PID=$!
+trap 'kill -TERM $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do [ -s "$WORK/port" ] && break; sleep 0.1; done
+export OFFSITE_SERVER="127.0.0.1:$(cat "$WORK/port")" OFFSITE_CERTS_DIR="$WORK/data/certs"
+
+# Runs one job to completion; prints its final JSON.
+run() {
+  local id
+  id=$("$CLIENT" jobs submit "$@" | sed -n 's/^submitted \(job-[0-9a-f]*\).*/\1/p')
+  "$CLIENT" jobs watch "$id" --json | tail -n 1
+}
+field() { sed -n "s/.*\"$1\":\([0-9.e-]*\).*/\1/p"; }
+first_artifact() { sed -n 's/.*"artifact_ids":\["\([^"]*\)".*/\1/p'; }
+
+declare -A ENCODER
+for variant in grn nogrn nomask; do
+  args=(--set epochs="$PRETRAIN_EPOCHS" --set data.train_subset="$PRETRAIN_IMAGES"
+        --set data.test_subset=256 --set learning_rate=2e-3 --set seed=1)
+  [ "$variant" = nogrn ] && args+=(--set arch.no_grn=true)
+  [ "$variant" = nomask ] && args+=(--set no_masked_conv=true)
+  json=$(run fcmae "${args[@]}")
+  ENCODER[$variant]=$(first_artifact <<<"$json")
+  echo "fcmae $variant: loss $(field loss <<<"$json"), encoder ${ENCODER[$variant]}"
+done
+
+# Fine-tunes every (row, seed); rows: label count, arch flags, encoder or none.
+results="$WORK/results.tsv"
+: >"$results"
+finetune() {
+  local row=$1 labels=$2 encoder=$3; shift 3
+  for seed in $SEEDS; do
+    args=(--set epochs="$FT_EPOCHS" --set label_subset="$labels" --set seed="$seed"
+          --set data.test_subset="$TEST_IMAGES" "$@")
+    [ -n "$encoder" ] && args+=(--set pretrained_artifact="$encoder")
+    acc=$(run finetune "${args[@]}" | field best_test_accuracy)
+    echo "$row	$seed	$acc" | tee -a "$results"
+  done
+}
+finetune "scratch, GRN, $LABELS labels" "$LABELS" ""
+finetune "FCMAE, GRN, $LABELS labels" "$LABELS" "${ENCODER[grn]}"
+finetune "scratch, no GRN, $LABELS labels" "$LABELS" "" --set arch.no_grn=true
+finetune "FCMAE, no GRN, $LABELS labels" "$LABELS" "${ENCODER[nogrn]}" --set arch.no_grn=true
+finetune "FCMAE without masked conv, $LABELS labels" "$LABELS" "${ENCODER[nomask]}"
+if [ "$FULL_LABELS" = 1 ]; then
+  finetune "scratch, GRN, all labels" 0 ""
+  finetune "FCMAE, GRN, all labels" 0 "${ENCODER[grn]}"
+fi
+
+echo
+echo "| setting | top-1 (mean ± spread over seeds $SEEDS) | per seed |"
+echo "| --- | --- | --- |"
+awk -F'\t' '{n[$1]++; s[$1]+=$3; v[$1]=v[$1] " " $3; if (!($1 in mn) || $3<mn[$1]) mn[$1]=$3;
+             if (!($1 in mx) || $3>mx[$1]) mx[$1]=$3; if (!($1 in order)) {order[$1]=++k; name[k]=$1}}
+     END {for (i=1;i<=k;i++) {r=name[i]; printf "| %s | %.2f ± %.2f | %s |\n", r, 100*s[r]/n[r],
+          50*(mx[r]-mn[r]), v[r]}}' "$results"
