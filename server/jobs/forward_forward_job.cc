@@ -202,14 +202,7 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
   std::string spec_text;
   google::protobuf::TextFormat::PrintToString(spec, &spec_text);
   model.write("spec", c10::IValue(spec_text));
-  torch::serialize::OutputArchive ff_archive;
-  ff.Save(ff_archive);
-  model.write("ff", ff_archive);
-  if (bp) {
-    torch::serialize::OutputArchive bp_archive;
-    bp->Save(bp_archive);
-    model.write("bp", bp_archive);
-  }
+  hooks.save(model);  // the same "ff" (and "bp") entries as a checkpoint
   const std::string model_path = ctx.work_dir() + "/model.pt";
   OFFSITE_RETURN_IF_ERROR(SaveArchive(model, kModelFormat, kFormatVersion, model_path));
   return ctx.AddArtifact(model_path, "forward_forward_model.pt");
