@@ -6,7 +6,6 @@
 // Prints the BLAS kernel in use, torch's thread count, samples/s of each step
 // (warm-up steps excluded) and their ratio.
 
-#include <dlfcn.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -16,6 +15,7 @@
 #include <functional>
 #include <string>
 
+#include "common/runtime.h"
 #include "models/forward_forward.h"
 
 namespace offsite {
@@ -28,13 +28,6 @@ struct BenchOptions {
   int steps = 200;
   int threads = 2;
 };
-
-// OpenBLAS exports its kernel name; other BLAS libraries do not.
-std::string BlasCoreName() {
-  using CoreNameFn = char* (*)();
-  auto fn = reinterpret_cast<CoreNameFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  return fn != nullptr ? fn() : "unknown";
-}
 
 // Samples per second of `step` over `steps` calls, after warm-up.
 double Throughput(const std::function<void()>& step, int steps) {
@@ -72,7 +65,7 @@ int Main(int argc, char** argv) {
   torch::set_num_threads(options.threads);
   torch::manual_seed(0);
 
-  std::printf("blas_core: %s\n", BlasCoreName().c_str());
+  std::printf("blas_core: %s\n", OpenBlasCoreName().c_str());
   std::printf("torch_threads: %d\n", torch::get_num_threads());
   std::printf("net: 4x500, batch %lld, %d timed steps after %d warm-up\n",
               static_cast<long long>(kBatch), options.steps, kWarmupSteps);
