@@ -46,7 +46,7 @@ echo "== submitting the Forward-Forward job (watching it live)"
   --set epochs="${QUICKSTART_EPOCHS:-5}" \
   --set train_subset="${QUICKSTART_TRAIN:-20000}" \
   --set layer_widths="${QUICKSTART_WIDTHS:-500,500,500}" \
-  --set backprop_baseline=true --set seed=1 \
+  --set backprop_baseline=true --set lr_cooldown=true --set seed=1 \
   --watch | tee "$WORK/submit.out"
 JOB_ID=$(sed -n 's/^submitted \(job-[0-9a-f]*\).*/\1/p' "$WORK/submit.out")
 

@@ -16,6 +16,11 @@ double WarmupCosine(int64_t step, int64_t warmup_steps, int64_t total_steps, dou
   return floor + (peak - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
 }
 
+double LinearCooldown(int64_t epoch, int64_t epochs, double peak) {
+  if (epoch <= epochs / 2) return peak;
+  return peak * 2.0 * static_cast<double>(1 + epochs - epoch) / static_cast<double>(epochs);
+}
+
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr) {
   for (torch::optim::OptimizerParamGroup& group : optimizer.param_groups()) {
     group.options().set_lr(lr);

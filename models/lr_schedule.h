@@ -12,6 +12,11 @@ namespace offsite {
 double WarmupCosine(int64_t step, int64_t warmup_steps, int64_t total_steps, double peak,
                     double floor = 0.0);
 
+// Constant `peak` for the first half of `epochs`, then linear decay: epoch e
+// (1-based) of the second half gets peak * 2 * (1 + epochs - e) / epochs, so
+// the last epoch runs at 2 * peak / epochs (loeweX's Forward-Forward schedule).
+double LinearCooldown(int64_t epoch, int64_t epochs, double peak);
+
 // Sets every parameter group's learning rate.
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr);
 

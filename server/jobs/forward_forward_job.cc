@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "google/protobuf/text_format.h"
 #include "models/forward_forward.h"
+#include "models/lr_schedule.h"
 #include "server/jobs/training_loop.h"
 
 namespace offsite {
@@ -143,7 +144,13 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
   loop.checkpoint_format = kCheckpointFormat;
   loop.device = device;
   TrainingLoopHooks hooks;
-  hooks.step = [&](const torch::Tensor& index, int64_t) {
+  hooks.step = [&](const torch::Tensor& index, int64_t global_step) {
+    if (spec.lr_cooldown()) {
+      const double lr =
+          LinearCooldown(global_step / steps_per_epoch + 1, spec.epochs(), spec.learning_rate());
+      ff.SetLearningRate(lr);
+      if (bp) bp->SetLearningRate(lr);
+    }
     torch::Tensor x = train_x.index_select(0, index);
     torch::Tensor y = train_y.index_select(0, index);
     StepStats stats = ff.TrainStep(x, y);

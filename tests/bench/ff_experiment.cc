@@ -27,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "common/idx.h"
 #include "models/forward_forward.h"
+#include "models/lr_schedule.h"
 
 namespace offsite {
 namespace {
@@ -156,10 +157,7 @@ int Main(int argc, char** argv) {
   int epochs_done = 0;
   for (int epoch = 1; epoch <= options.epochs; ++epoch) {
     double learning_rate = options.model.learning_rate;
-    if (options.cooldown && epoch > options.epochs / 2) {
-      // Second half: lr * 2 * (1 + epochs - epoch) / epochs, 2 * lr / epochs at the end.
-      learning_rate *= 2.0 * (1 + options.epochs - epoch) / options.epochs;
-    }
+    if (options.cooldown) learning_rate = LinearCooldown(epoch, options.epochs, learning_rate);
     ff.SetLearningRate(learning_rate);
     backprop.SetLearningRate(learning_rate);
     const torch::Tensor order = torch::randperm(n, torch::kInt64);
