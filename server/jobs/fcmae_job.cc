@@ -44,22 +44,12 @@ FcmaeOptions ToOptions(const v1::FcmaeSpec& spec) {
 
 absl::Status FcmaeJob::Validate(const v1::JobSpec& job_spec) const {
   const v1::FcmaeSpec& spec = job_spec.fcmae();
-  OFFSITE_RETURN_IF_ERROR(ValidateArch(spec.arch(), "fcmae.arch"));
-  OFFSITE_RETURN_IF_ERROR(ValidateImageData(spec.data(), "fcmae.data"));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("fcmae.epochs", spec.epochs(), 0, 10000));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("fcmae.batch_size", spec.batch_size(), 0, 8192));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("fcmae.learning_rate", spec.learning_rate(), 0, 1));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("fcmae.weight_decay", spec.weight_decay(), 0, 1));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("fcmae.warmup_epochs", spec.warmup_epochs(), 0, 10000));
+  const v1::FcmaeSpec resolved = Resolved(spec);
+  OFFSITE_RETURN_IF_ERROR(ValidateTrainingSpec(spec, resolved, "fcmae"));
   OFFSITE_RETURN_IF_ERROR(CheckRange("fcmae.mask_ratio", spec.mask_ratio(), 0, 0.99));
   OFFSITE_RETURN_IF_ERROR(CheckRange("fcmae.decoder_dim", spec.decoder_dim(), 0, 4096));
   OFFSITE_RETURN_IF_ERROR(CheckRange("fcmae.decoder_depth", spec.decoder_depth(), 0, 16));
   OFFSITE_RETURN_IF_ERROR(CheckRange("fcmae.sample_images", spec.sample_images(), 0, 64));
-  const v1::FcmaeSpec resolved = Resolved(spec);
-  if (resolved.warmup_epochs() > resolved.epochs()) {
-    return absl::InvalidArgumentError(absl::StrCat("fcmae.warmup_epochs: ", resolved.warmup_epochs(),
-                                                   " exceeds epochs ", resolved.epochs()));
-  }
   OFFSITE_ASSIGN_OR_RETURN(ConvNextV2Config encoder, ResolveArch(spec.arch(), 1, 0));
   absl::Status options = ValidateFcmaeOptions(encoder, ToOptions(resolved));
   if (!options.ok()) return absl::InvalidArgumentError(absl::StrCat("fcmae: ", options.message()));

@@ -65,25 +65,13 @@ double TopOneAccuracy(ConvNextV2& model, const torch::Tensor& images, const torc
 
 absl::Status FinetuneJob::Validate(const v1::JobSpec& job_spec) const {
   const v1::FinetuneSpec& spec = job_spec.finetune();
-  OFFSITE_RETURN_IF_ERROR(ValidateArch(spec.arch(), "finetune.arch"));
-  OFFSITE_RETURN_IF_ERROR(ValidateImageData(spec.data(), "finetune.data"));
+  OFFSITE_RETURN_IF_ERROR(ValidateTrainingSpec(spec, Resolved(spec), "finetune"));
   OFFSITE_RETURN_IF_ERROR(CheckRange("finetune.label_subset", spec.label_subset(), 0, 1e9));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("finetune.epochs", spec.epochs(), 0, 10000));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("finetune.batch_size", spec.batch_size(), 0, 8192));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("finetune.learning_rate", spec.learning_rate(), 0, 1));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("finetune.weight_decay", spec.weight_decay(), 0, 1));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("finetune.warmup_epochs", spec.warmup_epochs(), 0, 10000));
   OFFSITE_RETURN_IF_ERROR(CheckRange("finetune.label_smoothing", spec.label_smoothing(), 0, 0.5));
   if (spec.linear_probe() && spec.pretrained_artifact().empty()) {
     return absl::InvalidArgumentError(
         "finetune.linear_probe: needs finetune.pretrained_artifact (a probe of random weights "
         "measures nothing)");
-  }
-  const v1::FinetuneSpec resolved = Resolved(spec);
-  if (resolved.warmup_epochs() > resolved.epochs()) {
-    return absl::InvalidArgumentError(absl::StrCat("finetune.warmup_epochs: ",
-                                                   resolved.warmup_epochs(), " exceeds epochs ",
-                                                   resolved.epochs()));
   }
   return absl::OkStatus();
 }
