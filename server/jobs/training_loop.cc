@@ -64,8 +64,9 @@ absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingL
         OFFSITE_RETURN_IF_ERROR(checkpoint(epoch, step + 1));
       }
     }
-    OFFSITE_RETURN_IF_ERROR(hooks.end_epoch(epoch + 1));
+    // Durable first: once an epoch's metrics are out, a restart never redoes it.
     OFFSITE_RETURN_IF_ERROR(checkpoint(epoch + 1, 0));
+    OFFSITE_RETURN_IF_ERROR(hooks.end_epoch(epoch + 1));
   }
   return absl::OkStatus();
 }

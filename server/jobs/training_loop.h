@@ -32,7 +32,7 @@ struct TrainingLoopHooks {
   // One optimisation step on the examples at `batch` (int64 indices).
   // `global_step` counts from 0 over the whole run (for schedules).
   std::function<absl::Status(const torch::Tensor& batch, int64_t global_step)> step;
-  // After each epoch (1-based `epoch`): evaluate, report metrics.
+  // After each epoch (1-based `epoch`) and its checkpoint: evaluate, report metrics.
   std::function<absl::Status(int64_t epoch)> end_epoch;
   // Model and optimiser state in and out of a checkpoint.
   std::function<void(torch::serialize::OutputArchive&)> save;
