@@ -128,18 +128,10 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
     return absl::OkStatus();
   };
   hooks.save = [&](torch::serialize::OutputArchive& archive) {
-    torch::serialize::OutputArchive model, optim;
-    fcmae->save(model);
-    optimizer->save(optim);
-    archive.write("model", model);
-    archive.write("optimizer", optim);
+    WriteTrainingState(archive, *fcmae, *optimizer);
   };
   hooks.load = [&](torch::serialize::InputArchive& archive) {
-    torch::serialize::InputArchive model, optim;
-    archive.read("model", model);
-    archive.read("optimizer", optim);
-    fcmae->load(model);
-    optimizer->load(optim);
+    ReadTrainingState(archive, *fcmae, *optimizer);
   };
   OFFSITE_RETURN_IF_ERROR(RunTrainingLoop(loop, hooks, ctx));
 

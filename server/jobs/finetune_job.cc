@@ -161,21 +161,13 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
     return absl::OkStatus();
   };
   hooks.save = [&](torch::serialize::OutputArchive& archive) {
-    torch::serialize::OutputArchive model_archive, optim;
-    model->save(model_archive);
-    optimizer->save(optim);
-    archive.write("model", model_archive);
-    archive.write("optimizer", optim);
+    WriteTrainingState(archive, *model, *optimizer);
     archive.write("best", c10::IValue(best));
   };
   hooks.load = [&](torch::serialize::InputArchive& archive) {
-    torch::serialize::InputArchive model_archive, optim;
+    ReadTrainingState(archive, *model, *optimizer);
     c10::IValue stored_best;
-    archive.read("model", model_archive);
-    archive.read("optimizer", optim);
     archive.read("best", stored_best);
-    model->load(model_archive);
-    optimizer->load(optim);
     best = stored_best.toDouble();
   };
   OFFSITE_RETURN_IF_ERROR(RunTrainingLoop(loop, hooks, ctx));

@@ -11,6 +11,24 @@ namespace {
 constexpr int64_t kCheckpointVersion = 1;
 }  // namespace
 
+void WriteTrainingState(torch::serialize::OutputArchive& archive, torch::nn::Module& module,
+                        torch::optim::Optimizer& optimizer) {
+  torch::serialize::OutputArchive module_archive, optimizer_archive;
+  module.save(module_archive);
+  optimizer.save(optimizer_archive);
+  archive.write("model", module_archive);
+  archive.write("optimizer", optimizer_archive);
+}
+
+void ReadTrainingState(torch::serialize::InputArchive& archive, torch::nn::Module& module,
+                       torch::optim::Optimizer& optimizer) {
+  torch::serialize::InputArchive module_archive, optimizer_archive;
+  archive.read("model", module_archive);
+  archive.read("optimizer", optimizer_archive);
+  module.load(module_archive);
+  optimizer.load(optimizer_archive);
+}
+
 absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingLoopHooks& hooks,
                              JobContext& ctx) {
   const int64_t n = options.num_examples;

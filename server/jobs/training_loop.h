@@ -6,6 +6,8 @@
 // checkpoints at each epoch end and whenever the server's interval elapses,
 // and resumption from the last checkpoint at the exact (epoch, step).
 
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 #include <torch/types.h>
 
@@ -38,6 +40,13 @@ struct TrainingLoopHooks {
   std::function<void(torch::serialize::OutputArchive&)> save;
   std::function<void(torch::serialize::InputArchive&)> load;
 };
+
+// The usual checkpoint content for TrainingLoopHooks::save / load: a module's
+// and its optimiser's state, under "model" and "optimizer".
+void WriteTrainingState(torch::serialize::OutputArchive& archive, torch::nn::Module& module,
+                        torch::optim::Optimizer& optimizer);
+void ReadTrainingState(torch::serialize::InputArchive& archive, torch::nn::Module& module,
+                       torch::optim::Optimizer& optimizer);
 
 absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingLoopHooks& hooks,
                              JobContext& ctx);
