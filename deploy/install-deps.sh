@@ -10,9 +10,11 @@ PACKAGES=(
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libssl-dev openssl libsqlite3-dev libpng-dev zlib1g-dev
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev nlohmann-json3-dev
   # real data sets
   dataset-fashion-mnist fortunes
+  # test-only: independent reference implementations (PyTorch) and deployment file checks
+  python3-torch python3-yaml python3-grpcio libgloo-dev
 )
 
 missing=()
