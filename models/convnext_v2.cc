@@ -323,9 +323,9 @@ ConvNextV2BlockImpl::ConvNextV2BlockImpl(int64_t dim, double drop_path, bool use
   dwconv_ = register_module(
       "dwconv", torch::nn::Conv2d(torch::nn::Conv2dOptions(dim, dim, 7).padding(3).groups(dim)));
   norm_ = register_module("norm", ChannelLayerNorm(dim, ChannelLayout::kChannelsLast));
-  pwconv1_ = register_module("pwconv1", torch::nn::Linear(dim, 4 * dim));
+  pwconv1_ = register_module("pwconv1", LoraLinear(dim, 4 * dim));
   if (use_grn) grn_ = register_module("grn", Grn(4 * dim));
-  pwconv2_ = register_module("pwconv2", torch::nn::Linear(4 * dim, dim));
+  pwconv2_ = register_module("pwconv2", LoraLinear(4 * dim, dim));
   UseChannelsLast(*this);
 }
 
@@ -340,7 +340,9 @@ torch::Tensor ConvNextV2BlockImpl::forward(const torch::Tensor& x, const torch::
   return x + DropPath(h, drop_path_, is_training());
 }
 
-ConvNextV2Impl::ConvNextV2Impl(ConvNextV2Config config) : config_(std::move(config)) {
+ConvNextV2Impl::ConvNextV2Impl(ConvNextV2Config config,
+                               std::optional<std::vector<int64_t>> present_blocks)
+    : config_(std::move(config)) {
   const absl::Status status = ValidateConfig(config_);
   TORCH_CHECK(status.ok(), status.ToString());
   const auto& dims = config_.dims;
@@ -357,17 +359,28 @@ ConvNextV2Impl::ConvNextV2Impl(ConvNextV2Config config) : config_(std::move(conf
   }
   for (auto& layer : downsample_) downsample_layers->push_back(layer);
 
-  auto blocks = register_module("blocks", torch::nn::ModuleList());
+  // A plain holder rather than a ModuleList, so that absent blocks leave gaps
+  // and every block keeps the name "blocks.<k>" of the full network.
+  auto blocks = register_module("blocks", std::make_shared<torch::nn::Module>("Blocks"));
   int64_t total_blocks = 0;
   for (int64_t depth : config_.depths) total_blocks += depth;
+  std::vector<bool> present(total_blocks, !present_blocks.has_value());
+  if (present_blocks) {
+    for (int64_t k : *present_blocks) {
+      TORCH_CHECK(k >= 0 && k < total_blocks, "block ", k, " is not in a network of ",
+                  total_blocks, " blocks");
+      present[k] = true;
+    }
+  }
   for (size_t s = 0; s < dims.size(); ++s) {
     for (int64_t i = 0; i < config_.depths[s]; ++i) {
       const int64_t k = static_cast<int64_t>(blocks_.size());
       const double rate =
           total_blocks > 1 ? config_.drop_path * k / static_cast<double>(total_blocks - 1) : 0.0;
-      blocks_.push_back(ConvNextV2Block(dims[s], rate, config_.use_grn));
+      blocks_.push_back(present[k] ? ConvNextV2Block(dims[s], rate, config_.use_grn)
+                                   : ConvNextV2Block(nullptr));
       block_stage_.push_back(static_cast<int64_t>(s));
-      blocks->push_back(blocks_.back());
+      if (present[k]) blocks->register_module(std::to_string(k), blocks_.back());
     }
   }
 
@@ -381,6 +394,23 @@ ConvNextV2Impl::ConvNextV2Impl(ConvNextV2Config config) : config_(std::move(conf
 
 torch::Tensor ConvNextV2Impl::forward(const torch::Tensor& images) {
   return ForwardHead(ForwardFeatures(images));
+}
+
+std::string ConvNextV2Impl::BlockPrefix(int64_t index) const {
+  return "blocks." + std::to_string(index) + ".";
+}
+
+torch::Tensor ConvNextV2Impl::Embed(const torch::Tensor& images) {
+  return downsample_[0]->forward(images);
+}
+
+torch::Tensor ConvNextV2Impl::RunBlocks(torch::Tensor x, int64_t begin, int64_t end) {
+  for (int64_t k = begin; k < end; ++k) {
+    const int64_t stage = block_stage_[k];
+    if (k > 0 && stage != block_stage_[k - 1]) x = downsample_[stage]->forward(x);
+    if (!blocks_[k].is_empty()) x = blocks_[k]->forward(x);
+  }
+  return x;
 }
 
 torch::Tensor ConvNextV2Impl::ForwardFeatures(const torch::Tensor& images,
@@ -402,7 +432,7 @@ torch::Tensor ConvNextV2Impl::ForwardFeatures(const torch::Tensor& images,
       x = downsample_[stage]->forward(x);
       if (mask.defined()) visible = visible_like(x);
     }
-    x = blocks_[k]->forward(x, visible);
+    if (!blocks_[k].is_empty()) x = blocks_[k]->forward(x, visible);
   }
   return x;
 }
@@ -412,9 +442,20 @@ torch::Tensor ConvNextV2Impl::ForwardHead(const torch::Tensor& features) {
   return head_(norm_(features.mean({2, 3})));
 }
 
-absl::StatusOr<ConvNextV2> MakeConvNextV2(const ConvNextV2Config& config) {
+absl::StatusOr<ConvNextV2> MakeConvNextV2(const ConvNextV2Config& config,
+                                          std::optional<std::vector<int64_t>> present_blocks) {
   OFFSITE_RETURN_IF_ERROR(ValidateConfig(config));
-  return ConvNextV2(config);
+  if (present_blocks) {
+    int64_t total_blocks = 0;
+    for (int64_t depth : config.depths) total_blocks += depth;
+    for (int64_t k : *present_blocks) {
+      if (k < 0 || k >= total_blocks) {
+        return absl::InvalidArgumentError(absl::StrCat("block ", k, " is not in a network of ",
+                                                       total_blocks, " blocks"));
+      }
+    }
+  }
+  return ConvNextV2(config, std::move(present_blocks));
 }
 
 void InitConvNextV2Weights(torch::nn::Module& module) {
@@ -426,6 +467,9 @@ void InitConvNextV2Weights(torch::nn::Module& module) {
       weight = conv->weight;
       bias = conv->bias;
     } else if (auto* linear = m.as<torch::nn::LinearImpl>()) {
+      weight = linear->weight;
+      bias = linear->bias;
+    } else if (auto* linear = m.as<LoraLinearImpl>()) {
       weight = linear->weight;
       bias = linear->bias;
     } else {

@@ -27,11 +27,15 @@
 #include <torch/serialize/archive.h>
 
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "models/block_model.h"
+#include "models/lora.h"
 
 namespace offsite {
 
@@ -130,9 +134,9 @@ class ConvNextV2BlockImpl : public torch::nn::Module {
  private:
   torch::nn::Conv2d dwconv_{nullptr};
   ChannelLayerNorm norm_{nullptr};
-  torch::nn::Linear pwconv1_{nullptr};
+  LoraLinear pwconv1_{nullptr};
   Grn grn_{nullptr};  // Null when the config disables GRN.
-  torch::nn::Linear pwconv2_{nullptr};
+  LoraLinear pwconv2_{nullptr};
   double drop_path_;
 };
 TORCH_MODULE(ConvNextV2Block);
@@ -149,11 +153,26 @@ TORCH_MODULE(ConvNextV2Block);
 //
 // Parameter names: "downsample_layers.<s>.<i>.*", "blocks.<k>.*", and with a
 // head "norm.*" and "head.*".
-class ConvNextV2Impl : public torch::nn::Module {
+//
+// As a BlockModelImpl, a network may hold only some of its blocks
+// (`present_blocks`, e.g. an Offsite-Tuning emulator); the others are skipped
+// and the downsampling layers of every stage always run.
+class ConvNextV2Impl : public BlockModelImpl {
  public:
   // The config must be valid (see ValidateConfig); an invalid one throws
-  // c10::Error. MakeConvNextV2 returns a Status instead.
-  explicit ConvNextV2Impl(ConvNextV2Config config);
+  // c10::Error. MakeConvNextV2 returns a Status instead. `present_blocks`
+  // (ascending indices) builds only those blocks; nullopt builds all.
+  explicit ConvNextV2Impl(ConvNextV2Config config,
+                          std::optional<std::vector<int64_t>> present_blocks = std::nullopt);
+
+  // BlockModelImpl: Embed is the stem, Head is ForwardHead.
+  int64_t num_blocks() const override { return static_cast<int64_t>(blocks_.size()); }
+  bool has_block(int64_t index) const override { return !blocks_.at(index).is_empty(); }
+  std::string BlockPrefix(int64_t index) const override;
+  std::vector<std::string> HeadPrefixes() const override { return {"norm.", "head."}; }
+  torch::Tensor Embed(const torch::Tensor& images) override;
+  torch::Tensor RunBlocks(torch::Tensor hidden, int64_t begin, int64_t end) override;
+  torch::Tensor Head(const torch::Tensor& features) override { return ForwardHead(features); }
 
   // Class logits (N, num_classes) of images (N, in_channels, H, W).
   // Requires num_classes > 0.
@@ -171,7 +190,7 @@ class ConvNextV2Impl : public torch::nn::Module {
 
   const ConvNextV2Config& config() const { return config_; }
   int64_t num_stages() const { return static_cast<int64_t>(config_.depths.size()); }
-  int64_t num_blocks() const { return static_cast<int64_t>(blocks_.size()); }
+  // Null (is_empty()) for a block this network does not hold.
   ConvNextV2Block& block(int64_t index) { return blocks_.at(index); }
   // Stage of block `index`, in [0, num_stages()).
   int64_t block_stage(int64_t index) const { return block_stage_.at(index); }
@@ -191,7 +210,9 @@ TORCH_MODULE(ConvNextV2);
 
 // Validates the config, then builds the network (initialised as the paper:
 // truncated normal std 0.02 for conv and linear weights, zero biases).
-absl::StatusOr<ConvNextV2> MakeConvNextV2(const ConvNextV2Config& config);
+absl::StatusOr<ConvNextV2> MakeConvNextV2(
+    const ConvNextV2Config& config,
+    std::optional<std::vector<int64_t>> present_blocks = std::nullopt);
 
 // The paper's initialisation for every Conv2d and Linear under `module`:
 // weights from timm's trunc_normal_(std=0.02) (its bounds +-2 are absolute,

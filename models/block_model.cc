@@ -1,0 +1,127 @@
+#include "models/block_model.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <unordered_map>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace offsite {
+
+std::vector<int64_t> BlockModelImpl::PresentBlocks() const {
+  std::vector<int64_t> present;
+  for (int64_t i = 0; i < num_blocks(); ++i) {
+    if (has_block(i)) present.push_back(i);
+  }
+  return present;
+}
+
+int64_t BlockIndexOfName(const BlockModelImpl& model, const std::string& name) {
+  // All families name blocks "<prefix><index>.", so the prefix of block 0 less
+  // its index finds every block.
+  const std::string prefix0 = model.BlockPrefix(0);
+  const std::string stem = prefix0.substr(0, prefix0.size() - 2);  // drop "0."
+  if (!absl::StartsWith(name, stem)) return -1;
+  const size_t dot = name.find('.', stem.size());
+  if (dot == std::string::npos) return -1;
+  int64_t index = -1;
+  if (!absl::SimpleAtoi(name.substr(stem.size(), dot - stem.size()), &index)) return -1;
+  return index;
+}
+
+std::vector<int64_t> SplitPlan::AdapterBlocks() const {
+  std::vector<int64_t> blocks;
+  for (int64_t i = 0; i < num_blocks; ++i) {
+    if (IsAdapter(i)) blocks.push_back(i);
+  }
+  return blocks;
+}
+
+std::vector<int64_t> SplitPlan::EmulatorModelBlocks() const {
+  std::vector<int64_t> blocks;
+  for (int64_t i = 0; i < bottom; ++i) blocks.push_back(i);
+  blocks.insert(blocks.end(), kept_middle.begin(), kept_middle.end());
+  for (int64_t i = top_begin(); i < num_blocks; ++i) blocks.push_back(i);
+  return blocks;
+}
+
+absl::StatusOr<SplitPlan> PlanSplit(int64_t num_blocks, int64_t bottom, int64_t top,
+                                    int64_t emulator_blocks) {
+  if (bottom < 0) return absl::InvalidArgumentError(absl::StrCat("bottom adapter blocks ", bottom, " < 0"));
+  if (top < 0) return absl::InvalidArgumentError(absl::StrCat("top adapter blocks ", top, " < 0"));
+  if (bottom + top >= num_blocks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("adapter of ", bottom, " + ", top, " blocks leaves no middle in a model of ",
+                     num_blocks, " blocks"));
+  }
+  const int64_t middle_size = num_blocks - bottom - top;
+  if (emulator_blocks < 0 || emulator_blocks >= middle_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "emulator_blocks ", emulator_blocks, " must be in [0, ", middle_size,
+        "): keeping all ", middle_size, " middle blocks would ship the whole middle"));
+  }
+  SplitPlan plan;
+  plan.num_blocks = num_blocks;
+  plan.bottom = bottom;
+  plan.top = top;
+  for (int64_t i = bottom; i < num_blocks - top; ++i) plan.middle.push_back(i);
+  for (int64_t i = 0; i < emulator_blocks; ++i) {
+    const int64_t position =
+        emulator_blocks == 1
+            ? 0
+            : static_cast<int64_t>(std::llround(static_cast<double>(i) * (middle_size - 1) /
+                                                (emulator_blocks - 1)));
+    plan.kept_middle.push_back(plan.middle[position]);
+  }
+  return plan;
+}
+
+torch::Tensor NormalisedMse(const torch::Tensor& student, const torch::Tensor& teacher) {
+  const torch::Tensor target = teacher.detach();
+  return (target - student).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12);
+}
+
+absl::Status CopyNamedTensors(torch::nn::Module& source, torch::nn::Module& target) {
+  std::unordered_map<std::string, torch::Tensor> target_tensors;
+  for (const auto& item : target.named_parameters()) target_tensors[item.key()] = item.value();
+  for (const auto& item : target.named_buffers()) target_tensors[item.key()] = item.value();
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
+  auto check = [&](const std::string& name, const torch::Tensor& value) -> absl::Status {
+    auto it = target_tensors.find(name);
+    if (it == target_tensors.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has no place in the model"));
+    }
+    if (it->second.sizes() != value.sizes()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' has shape ", c10::str(value.sizes()), ", the model expects ",
+                       c10::str(it->second.sizes())));
+    }
+    copies.emplace_back(it->second, value);
+    return absl::OkStatus();
+  };
+  for (const auto& item : source.named_parameters()) {
+    if (auto status = check(item.key(), item.value()); !status.ok()) return status;
+  }
+  for (const auto& item : source.named_buffers()) {
+    if (auto status = check(item.key(), item.value()); !status.ok()) return status;
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [to, from] : copies) to.copy_(from);
+  return absl::OkStatus();
+}
+
+void SetTrainableBlocks(BlockModelImpl& model, const std::vector<int64_t>& blocks,
+                        bool include_non_block) {
+  std::vector<bool> trainable(model.num_blocks(), false);
+  for (int64_t b : blocks) trainable.at(b) = true;
+  for (auto& item : model.named_parameters()) {
+    const int64_t index = BlockIndexOfName(model, item.key());
+    const bool on = index < 0 ? include_non_block : trainable.at(index);
+    item.value().set_requires_grad(on);
+  }
+}
+
+}  // namespace offsite
