@@ -141,7 +141,7 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
       SaveConvNextV2(encoder_config, *fcmae->encoder(), encoder_archive));
   const std::string encoder_path = ctx.work_dir() + "/fcmae_encoder.pt";
   OFFSITE_RETURN_IF_ERROR(WriteArchiveFile(encoder_archive, encoder_path));
-  OFFSITE_RETURN_IF_ERROR(ctx.AddArtifact(encoder_path, "fcmae_encoder.pt"));
+  OFFSITE_RETURN_IF_ERROR(ctx.AddArtifact(encoder_path, "fcmae_encoder.pt").status());
 
   // Input / masked / reconstruction rows for a person to look at.
   fcmae->eval();
@@ -159,7 +159,7 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
   const std::string png_path = ctx.work_dir() + "/reconstructions.png";
   OFFSITE_RETURN_IF_ERROR(WritePng(png_path, grid.data_ptr<uint8_t>(), grid.size(1),
                                    grid.size(0), grid.size(2)));
-  return ctx.AddArtifact(png_path, "reconstructions.png");
+  return ctx.AddArtifact(png_path, "reconstructions.png").status();
 }
 
 }  // namespace offsite

@@ -5,9 +5,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint.h"
+#include "common/safetensors.h"
 #include "common/proto_util.h"
 #include "common/status_macros.h"
 #include "models/lr_schedule.h"
+#include "models/offsite_tuning.h"
 #include "server/jobs/convnext_jobs_common.h"
 #include "server/jobs/training_loop.h"
 
@@ -176,7 +178,18 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   OFFSITE_RETURN_IF_ERROR(SaveConvNextV2(config, *model, classifier));
   const std::string path = ctx.work_dir() + "/classifier.pt";
   OFFSITE_RETURN_IF_ERROR(WriteArchiveFile(classifier, path));
-  return ctx.AddArtifact(path, "classifier.pt");
+  OFFSITE_RETURN_IF_ERROR(ctx.AddArtifact(path, "classifier.pt").status());
+  // The same weights as a model file, registrable for Offsite-Tuning
+  // (`offsite models add NAME --artifact ID`).
+  v1::ModelArch arch;
+  *arch.mutable_convnext_v2() = spec.arch();
+  arch.set_in_channels(static_cast<int32_t>(config.in_channels));
+  arch.set_num_classes(static_cast<int32_t>(config.num_classes));
+  OFFSITE_ASSIGN_OR_RETURN(arch, ResolveModelArch(arch));
+  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file, ModelToFile(arch, *model));
+  const std::string model_path = ctx.work_dir() + "/model.safetensors";
+  OFFSITE_RETURN_IF_ERROR(WriteSafetensors(model_path, file));
+  return ctx.AddArtifact(model_path, "model.safetensors").status();
 }
 
 }  // namespace offsite

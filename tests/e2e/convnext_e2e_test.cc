@@ -75,7 +75,7 @@ TEST(ConvNextE2eTest, FcmaeEncoderFineTunesThroughTheJobApi) {
   ASSERT_TRUE(tuned.ok()) << tuned.status();
   ASSERT_EQ(tuned->state(), v1::SUCCEEDED) << tuned->error();
   EXPECT_GT(tuned->metrics().at("test_accuracy"), 0.2);  // chance is 0.1
-  EXPECT_EQ(tuned->artifact_ids_size(), 1);
+  EXPECT_EQ(tuned->artifact_ids_size(), 2);  // classifier checkpoint, model.safetensors
 
   ft->mutable_arch()->set_dims(1, 64);
   auto mismatched = testutil::SubmitJob(*jobs, finetune);

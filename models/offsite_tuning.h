@@ -1,0 +1,172 @@
+#ifndef OFFSITE_MODELS_OFFSITE_TUNING_H_
+#define OFFSITE_MODELS_OFFSITE_TUNING_H_
+
+// Offsite-Tuning (Xiao, Lin, Han 2023) on any BlockModelImpl, as plain
+// functions: model and package files in memory (safetensors), adapter checks
+// and plug-in, and the three trainings (emulator distillation on the owner's
+// side, adapter tuning on the data owner's side, and plain training used for
+// pretraining and the full fine-tuning baseline). Callers read and write files.
+//
+// Roles of a package's tensors: ADAPTER (first `bottom` and last `top` blocks,
+// plus a new task head) is what the data owner trains and pushes back;
+// EMULATOR (the kept middle blocks) and SHARED (stem / embeddings, norms) are
+// frozen. The dropped middle blocks are never in a package.
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/safetensors.h"
+#include "common/task_data.h"
+#include "models/block_model.h"
+#include "offsite/v1/offsite_tuning.pb.h"
+
+namespace offsite {
+
+// Metadata keys of Offsite's safetensors files.
+inline constexpr char kMetaFormat[] = "offsite.format";  // "model", "package", "adapter"
+inline constexpr char kMetaArch[] = "offsite.arch";      // text-format ModelArch
+inline constexpr char kMetaManifest[] = "offsite.manifest";  // text-format PackageManifest
+inline constexpr char kMetaPackageId[] = "offsite.package_id";
+
+// A model file: every tensor by name, the architecture in the metadata.
+absl::StatusOr<SafetensorsFile> ModelToFile(const v1::ModelArch& arch, BlockModelImpl& model);
+
+struct LoadedModel {
+  v1::ModelArch arch;
+  std::shared_ptr<BlockModelImpl> model;
+};
+// InvalidArgument naming the tensor for a missing, extra or misshapen tensor.
+absl::StatusOr<LoadedModel> ModelFromFile(const SafetensorsFile& file);
+
+// Copies the named tensors into `model`'s tensors of the same names.
+// InvalidArgument (model untouched) for a name the model lacks or a shape that
+// differs; names in `skip_prefixes` are ignored.
+absl::Status LoadNamedTensors(const std::vector<NamedTensor>& tensors, torch::nn::Module& model,
+                              const std::vector<std::string>& skip_prefixes = {});
+
+// What the package is for, beyond the split.
+struct PackageOptions {
+  std::string package_id;
+  std::string model_name;
+  // Classification: a head of this many classes, freshly initialised and
+  // trained by the data owner; 0 keeps the model's head, frozen.
+  int64_t new_head_classes = 0;
+};
+
+// The emulator a package holds, built from `full`: adapter and kept middle
+// blocks with their weights, non-block parts, and a new head if asked.
+// `arch` is the full model's; the returned arch has the package's head.
+struct Emulator {
+  v1::ModelArch arch;
+  std::shared_ptr<BlockModelImpl> model;
+};
+absl::StatusOr<Emulator> MakeEmulator(const v1::ModelArch& arch, BlockModelImpl& full,
+                                      const SplitPlan& plan, int64_t new_head_classes,
+                                      uint64_t seed);
+
+// The package file of an emulator: its tensors and a manifest (names, shapes,
+// dtypes, SHA-256, roles, block map) stored in the metadata and returned.
+absl::StatusOr<SafetensorsFile> MakePackageFile(const Emulator& emulator, const SplitPlan& plan,
+                                                const PackageOptions& options,
+                                                v1::PackageManifest* manifest);
+
+// Opens a package file: checks every tensor against the manifest (name,
+// shape, dtype, SHA-256) and builds the emulator.
+struct OpenedPackage {
+  v1::PackageManifest manifest;
+  std::shared_ptr<BlockModelImpl> emulator;
+};
+absl::StatusOr<OpenedPackage> OpenPackage(const SafetensorsFile& file);
+
+// The ADAPTER tensors of `model` (LoRA merged first), as the file to push.
+absl::StatusOr<SafetensorsFile> ExtractAdapter(const v1::PackageManifest& manifest,
+                                               BlockModelImpl& model);
+
+// OK only if `adapter` is for this package and holds exactly its ADAPTER
+// tensors with the issued shapes and dtypes, all finite. InvalidArgument
+// naming the tensor otherwise.
+absl::Status CheckAdapter(const v1::PackageManifest& manifest, const SafetensorsFile& adapter);
+
+// Makes the model the data owner trains: sets requires_grad on the ADAPTER
+// tensors only (with `top_only`, the top adapter and head only), LoRA on the
+// adapter blocks if `lora` is set (the base weights then stay frozen).
+struct TuneOptions {
+  bool top_only = false;
+  bool lora = false;
+  int64_t lora_rank = 4;
+  double lora_alpha = 32;
+  double lora_dropout = 0.1;
+};
+void PrepareForTuning(const v1::PackageManifest& manifest, BlockModelImpl& model,
+                      const TuneOptions& options);
+
+// --- Training -------------------------------------------------------------
+
+// Cross-entropy of class logits (N, K) against labels (N), or of token logits
+// (N, T, V) against next tokens (N, T); targets of -1 are ignored.
+torch::Tensor TaskLoss(const torch::Tensor& logits, const torch::Tensor& targets);
+
+struct Evaluation {
+  double loss = 0;        // mean per example / token
+  double accuracy = 0;    // classification
+  double perplexity = 0;  // language modelling: exp(loss)
+  int64_t count = 0;
+  // "accuracy" or "perplexity" with its value, for reports.
+  std::map<std::string, double> AsMetrics(const std::string& prefix) const;
+};
+// On the validation split, in eval mode and without gradients.
+Evaluation Evaluate(BlockModelImpl& model, const TaskTensors& data, int64_t batch_size);
+
+struct TrainOptions {
+  int64_t steps = 1000;
+  int64_t batch_size = 32;
+  double learning_rate = 1e-3;
+  int64_t warmup_steps = 0;
+  double weight_decay = 0.0;
+  double clip_norm = 1.0;
+  // Validation every N steps and at the end; the best state by validation
+  // loss is restored at the end.
+  int64_t eval_interval = 100;
+  uint64_t seed = 0;
+};
+
+// Called after every step with that step's metrics (train_loss, lr, and the
+// validation figures on evaluation steps). Returning false stops training
+// (e.g. a cancelled job) with CancelledError.
+using StepCallback = std::function<bool(int64_t step, const std::map<std::string, double>&)>;
+
+struct TrainResult {
+  int64_t best_step = 0;
+  Evaluation best;
+};
+
+// AdamW (warm-up then cosine) on `model`'s parameters that require grad,
+// with gradient clipping; task loss on training batches.
+absl::StatusOr<TrainResult> Train(BlockModelImpl& model, const TaskTensors& data,
+                                  const TrainOptions& options, const StepCallback& callback);
+
+struct DistillOptions {
+  TrainOptions train;
+  double task_weight = 0;
+  double kd_weight = 1;
+};
+
+// Distils the emulator's kept middle blocks against `full`'s middle (the
+// teacher, frozen), on the same input at the emulator's entry:
+// loss = task_weight * TaskLoss + kd_weight * NormalisedMse at the boundary.
+// Validation loss is the same loss on the validation split; the best
+// emulator is kept. Only the emulator's kept middle blocks change.
+absl::StatusOr<TrainResult> DistillEmulator(BlockModelImpl& full, BlockModelImpl& emulator,
+                                            const SplitPlan& plan, const TaskTensors& data,
+                                            const DistillOptions& options,
+                                            const StepCallback& callback);
+
+}  // namespace offsite
+
+#endif  // OFFSITE_MODELS_OFFSITE_TUNING_H_

@@ -1,0 +1,290 @@
+#include "models/offsite_tuning.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <set>
+
+#include "common/sha256.h"
+#include "models/model_arch.h"
+
+namespace offsite {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+v1::ModelArch TinyGpt(int n_layer = 6) {
+  v1::ModelArch arch;
+  arch.mutable_gpt()->set_n_layer(n_layer);
+  arch.mutable_gpt()->set_n_embd(32);
+  arch.mutable_gpt()->set_n_head(2);
+  arch.mutable_gpt()->set_n_positions(16);
+  return arch;
+}
+
+v1::ModelArch TinyConvNext() {
+  v1::ModelArch arch;
+  auto* c = arch.mutable_convnext_v2();
+  c->add_depths(2);
+  c->add_depths(3);
+  c->add_dims(8);
+  c->add_dims(16);
+  c->set_stem_stride(2);
+  arch.set_num_classes(5);
+  return arch;
+}
+
+// Every tensor made distinct, so that a hash identifies one tensor.
+std::shared_ptr<BlockModelImpl> DistinctModel(const v1::ModelArch& arch) {
+  torch::manual_seed(1);
+  auto model = MakeBlockModel(arch).value();
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->parameters()) p.add_(torch::randn_like(p) * 0.05);
+  return model;
+}
+
+std::string Sha(const torch::Tensor& t) {
+  const torch::Tensor c = t.detach().contiguous();
+  return Sha256Hex(std::string_view(static_cast<const char*>(c.data_ptr()), c.nbytes()));
+}
+
+struct Built {
+  SplitPlan plan;
+  Emulator emulator;
+  v1::PackageManifest manifest;
+  SafetensorsFile file;
+};
+
+Built BuildPackage(const v1::ModelArch& arch, BlockModelImpl& full, int64_t bottom, int64_t top,
+                   int64_t k, int64_t new_head = 0) {
+  Built built;
+  built.plan = PlanSplit(full.num_blocks(), bottom, top, k).value();
+  built.emulator = MakeEmulator(arch, full, built.plan, new_head, 0).value();
+  PackageOptions options;
+  options.package_id = "pkg-test";
+  options.model_name = "m";
+  options.new_head_classes = new_head;
+  built.file = MakePackageFile(built.emulator, built.plan, options, &built.manifest).value();
+  return built;
+}
+
+TEST(PlanSplitTest, KeepsMiddleBlocksAtThePapersUniformIndices) {
+  // 12 blocks, 2-4-2: middle 2..9 (m = 8), kept round(i * 7 / 3) = 0, 2, 5, 7.
+  SplitPlan plan = PlanSplit(12, 2, 2, 4).value();
+  EXPECT_THAT(plan.kept_middle, ElementsAre(2, 4, 7, 9));
+  EXPECT_THAT(plan.AdapterBlocks(), ElementsAre(0, 1, 10, 11));
+  EXPECT_THAT(plan.EmulatorModelBlocks(), ElementsAre(0, 1, 2, 4, 7, 9, 10, 11));
+  // 24 blocks 2-8-2 (the paper's OPT setting): first and last middle kept.
+  SplitPlan opt = PlanSplit(24, 2, 2, 8).value();
+  ASSERT_EQ(opt.kept_middle.size(), 8u);
+  EXPECT_EQ(opt.kept_middle.front(), 2);
+  EXPECT_EQ(opt.kept_middle.back(), 21);
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(opt.kept_middle[i], 2 + std::llround(i * 19.0 / 7.0)) << i;
+  }
+  EXPECT_THAT(PlanSplit(6, 1, 1, 1).value().kept_middle, ElementsAre(1));
+  EXPECT_TRUE(PlanSplit(6, 1, 1, 0).value().kept_middle.empty());
+}
+
+TEST(PlanSplitTest, RefusesToShipTheWholeMiddle) {
+  auto all = PlanSplit(12, 2, 2, 8);
+  ASSERT_FALSE(all.ok());
+  EXPECT_THAT(all.status().message(), HasSubstr("whole middle"));
+  EXPECT_FALSE(PlanSplit(12, 2, 2, 9).ok());
+  EXPECT_FALSE(PlanSplit(4, 2, 2, 0).ok());
+  EXPECT_FALSE(PlanSplit(4, -1, 1, 0).ok());
+}
+
+TEST(OffsiteTuningTest, UntouchedAdapterPluggedInReproducesTheFullModelExactly) {
+  for (const v1::ModelArch& arch : {TinyGpt(), TinyConvNext()}) {
+    auto full = DistinctModel(arch);
+    full->eval();
+    Built built = BuildPackage(arch, *full, 1, 1, 2);
+    torch::Tensor input = arch.has_gpt() ? torch::randint(0, 257, {2, 16}, torch::kLong)
+                                         : torch::randn({2, 1, 16, 16});
+    const torch::Tensor before = full->forward(input);
+    SafetensorsFile adapter = ExtractAdapter(built.manifest, *built.emulator.model).value();
+    ASSERT_TRUE(CheckAdapter(built.manifest, adapter).ok());
+    auto plugged = MakeBlockModel(arch).value();
+    ASSERT_TRUE(CopyNamedTensors(*full, *plugged).ok());
+    // Scramble the adapter blocks first, so the plug-in has to restore them.
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& item : plugged->named_parameters()) {
+        const int64_t b = BlockIndexOfName(*plugged, item.key());
+        if (b >= 0 && built.plan.IsAdapter(b)) item.value().uniform_();
+      }
+    }
+    ASSERT_TRUE(LoadNamedTensors(adapter.tensors, *plugged).ok());
+    plugged->eval();
+    EXPECT_TRUE(torch::equal(plugged->forward(input), before)) << arch.DebugString();
+  }
+}
+
+TEST(OffsiteTuningTest, PackageNeverHoldsADroppedBlock) {
+  for (const v1::ModelArch& arch : {TinyGpt(8), TinyConvNext()}) {
+    auto full = DistinctModel(arch);
+    Built built = BuildPackage(arch, *full, 1, 1, 2);
+    std::set<std::string> dropped_hashes, kept_hashes;
+    for (const auto& item : full->named_parameters()) {
+      const int64_t b = BlockIndexOfName(*full, item.key());
+      const bool dropped = b >= 0 && !built.plan.IsAdapter(b) &&
+                           std::find(built.plan.kept_middle.begin(), built.plan.kept_middle.end(),
+                                     b) == built.plan.kept_middle.end();
+      (dropped ? dropped_hashes : kept_hashes).insert(Sha(item.value()));
+    }
+    ASSERT_FALSE(dropped_hashes.empty());
+    for (const NamedTensor& t : built.file.tensors) {
+      EXPECT_FALSE(dropped_hashes.count(Sha(t.tensor))) << t.name;
+      EXPECT_TRUE(kept_hashes.count(Sha(t.tensor))) << t.name;
+    }
+    for (const v1::TensorInfo& info : built.manifest.tensors()) {
+      EXPECT_FALSE(dropped_hashes.count(info.sha256())) << info.name();
+    }
+  }
+}
+
+TEST(OffsiteTuningTest, PackageRoundTripsAndRefusesATamperedTensor) {
+  v1::ModelArch arch = TinyGpt();
+  auto full = DistinctModel(arch);
+  Built built = BuildPackage(arch, *full, 2, 1, 2);
+  std::string bytes = SerializeSafetensors(built.file).value();
+  OpenedPackage opened = OpenPackage(ParseSafetensors(bytes, "package").value()).value();
+  EXPECT_EQ(opened.manifest.package_id(), "pkg-test");
+  EXPECT_THAT(opened.emulator->PresentBlocks(), ElementsAre(0, 1, 2, 4, 5));
+  // Flip one byte near the end (inside the last tensor's data).
+  bytes[bytes.size() - 3] ^= 0x10;
+  auto tampered = OpenPackage(ParseSafetensors(bytes, "package").value());
+  ASSERT_FALSE(tampered.ok());
+  EXPECT_THAT(tampered.status().message(), HasSubstr("SHA-256"));
+}
+
+TEST(OffsiteTuningTest, CheckAdapterRefusesEveryTampering) {
+  v1::ModelArch arch = TinyGpt();
+  auto full = DistinctModel(arch);
+  Built built = BuildPackage(arch, *full, 1, 1, 2);
+  const SafetensorsFile good = ExtractAdapter(built.manifest, *built.emulator.model).value();
+  ASSERT_TRUE(CheckAdapter(built.manifest, good).ok());
+  auto refused = [&](const SafetensorsFile& file, const std::string& expected) {
+    absl::Status status = CheckAdapter(built.manifest, file);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << expected;
+    EXPECT_THAT(status.message(), HasSubstr(expected));
+  };
+  SafetensorsFile wrong_shape = good;
+  wrong_shape.tensors[0].tensor = torch::zeros({3, 3});
+  refused(wrong_shape, good.tensors[0].name);
+  SafetensorsFile extra = good;
+  extra.tensors.push_back({"h.1.ln_1.weight", torch::ones({32})});  // an emulator tensor
+  refused(extra, "not part of the adapter");
+  SafetensorsFile unknown = good;
+  unknown.tensors.push_back({"h.3.attn.c_attn.weight", torch::ones({96, 32})});  // dropped block
+  refused(unknown, "not in the package");
+  SafetensorsFile nan = good;
+  nan.tensors[1].tensor = nan.tensors[1].tensor.clone();
+  nan.tensors[1].tensor.view(-1)[0] = std::nan("");
+  refused(nan, "NaN");
+  SafetensorsFile other = good;
+  other.metadata[kMetaPackageId] = "pkg-other";
+  refused(other, "pkg-other");
+  SafetensorsFile missing = good;
+  missing.tensors.pop_back();
+  refused(missing, "lacks");
+  SafetensorsFile half = good;
+  half.tensors[0].tensor = half.tensors[0].tensor.to(torch::kHalf);
+  refused(half, "dtype");
+}
+
+TEST(OffsiteTuningTest, NewHeadIsPartOfTheAdapter) {
+  v1::ModelArch arch = TinyConvNext();
+  auto full = DistinctModel(arch);
+  Built built = BuildPackage(arch, *full, 1, 1, 1, /*new_head=*/3);
+  EXPECT_EQ(built.manifest.arch().num_classes(), 3);
+  int head_adapter = 0;
+  for (const v1::TensorInfo& info : built.manifest.tensors()) {
+    if (info.name().rfind("head.", 0) == 0) {
+      EXPECT_EQ(info.role(), v1::TensorInfo::ADAPTER);
+      ++head_adapter;
+    }
+    if (info.name().rfind("downsample_layers.", 0) == 0) {
+      EXPECT_EQ(info.role(), v1::TensorInfo::SHARED);
+    }
+  }
+  EXPECT_EQ(head_adapter, 2);
+}
+
+TEST(OffsiteTuningTest, PrepareForTuningTrainsOnlyTheChosenAdapterTensors) {
+  v1::ModelArch arch = TinyGpt();
+  auto full = DistinctModel(arch);
+  Built built = BuildPackage(arch, *full, 2, 2, 1);
+  OpenedPackage opened = OpenPackage(built.file).value();
+  PrepareForTuning(opened.manifest, *opened.emulator, {});
+  for (const auto& item : opened.emulator->named_parameters()) {
+    const int64_t b = BlockIndexOfName(*opened.emulator, item.key());
+    EXPECT_EQ(item.value().requires_grad(), b >= 0 && built.plan.IsAdapter(b)) << item.key();
+  }
+  OpenedPackage top = OpenPackage(built.file).value();
+  TuneOptions top_only;
+  top_only.top_only = true;
+  PrepareForTuning(top.manifest, *top.emulator, top_only);
+  for (const auto& item : top.emulator->named_parameters()) {
+    const int64_t b = BlockIndexOfName(*top.emulator, item.key());
+    EXPECT_EQ(item.value().requires_grad(), b >= 4) << item.key();
+  }
+  OpenedPackage lora = OpenPackage(built.file).value();
+  TuneOptions with_lora;
+  with_lora.lora = true;
+  PrepareForTuning(lora.manifest, *lora.emulator, with_lora);
+  int lora_tensors = 0;
+  for (const auto& item : lora.emulator->named_parameters()) {
+    const bool is_lora = item.key().find("lora_") != std::string::npos;
+    lora_tensors += is_lora;
+    EXPECT_EQ(item.value().requires_grad(), is_lora) << item.key();
+  }
+  EXPECT_EQ(lora_tensors, 4 * 4 * 2);  // 4 adapter blocks x 4 linears x (A, B)
+}
+
+TEST(OffsiteTuningTest, DistillationTrainsOnlyTheKeptMiddleAndLowersItsLoss) {
+  v1::ModelArch arch = TinyGpt();
+  auto full = DistinctModel(arch);
+  SplitPlan plan = PlanSplit(6, 1, 1, 2).value();
+  Emulator emulator = MakeEmulator(arch, *full, plan, 0, 0).value();
+  TaskTensors data;
+  data.language = true;
+  data.context = 16;
+  torch::manual_seed(3);
+  data.train_input = torch::randint(0, 40, {4000}, torch::kLong);
+  data.valid_input = torch::randint(0, 40, {600}, torch::kLong);
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& item : emulator.model->named_parameters()) before[item.key()] = item.value().clone();
+  DistillOptions options;
+  options.train.steps = 40;
+  options.train.learning_rate = 3e-3;
+  options.train.eval_interval = 10;
+  options.train.batch_size = 8;
+  double first_loss = -1;
+  TrainResult result = DistillEmulator(*full, *emulator.model, plan, data, options,
+                                       [&](int64_t step, const std::map<std::string, double>& m) {
+                                         if (step == 0) first_loss = m.at("valid_loss");
+                                         return true;
+                                       })
+                           .value();
+  EXPECT_LT(result.best.loss, first_loss);
+  for (const auto& item : emulator.model->named_parameters()) {
+    const int64_t b = BlockIndexOfName(*emulator.model, item.key());
+    const bool middle = b >= 0 && !plan.IsAdapter(b);
+    EXPECT_EQ(!torch::equal(item.value(), before[item.key()]), middle) << item.key();
+  }
+}
+
+TEST(OffsiteTuningTest, NormalisedMseIsScaleFree) {
+  torch::Tensor t = torch::randn({4, 8});
+  torch::Tensor s = t + 0.1 * torch::randn({4, 8});
+  EXPECT_NEAR(NormalisedMse(s, t).item<double>(), NormalisedMse(10 * s, 10 * t).item<double>(),
+              1e-5);
+  EXPECT_EQ(NormalisedMse(t, t).item<double>(), 0.0);
+}
+
+}  // namespace
+}  // namespace offsite
