@@ -4,6 +4,8 @@
 // gRPC adapter for artifact transfer: chunked, resumable from an offset, and
 // checked by SHA-256 at both ends. Storage lives in ArtifactStore.
 
+#include <functional>
+
 #include "offsite/v1/artifact.grpc.pb.h"
 #include "server/artifact_store.h"
 #include "server/rpc_handler.h"
@@ -15,7 +17,11 @@ absl::Status CheckCanRead(const Caller& caller, const v1::Artifact& artifact);
 
 class ArtifactServiceImpl final : public v1::ArtifactService::Service {
  public:
-  ArtifactServiceImpl(ArtifactStore* store, RpcEnvironment env) : store_(store), env_(env) {}
+  // `granted`, if set, opens more artifacts to a caller: an Offsite-Tuning
+  // package file to the principals granted the package.
+  using GrantCheck = std::function<bool(const Caller&, const v1::Artifact&)>;
+  ArtifactServiceImpl(ArtifactStore* store, RpcEnvironment env, GrantCheck granted = nullptr)
+      : store_(store), env_(env), granted_(std::move(granted)) {}
 
   grpc::Status StatArtifact(grpc::ServerContext* context, const v1::StatArtifactRequest* request,
                             v1::Artifact* response) override;
@@ -32,6 +38,7 @@ class ArtifactServiceImpl final : public v1::ArtifactService::Service {
   absl::StatusOr<v1::Artifact> GetReadable(const Caller& caller, const std::string& id);
   ArtifactStore* store_;
   RpcEnvironment env_;
+  GrantCheck granted_;
 };
 
 }  // namespace offsite

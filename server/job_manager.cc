@@ -53,11 +53,29 @@ absl::Status JobManager::CheckArtifactRefs(const Caller& caller, const v1::JobSp
 
 absl::StatusOr<v1::Job> JobManager::Submit(const Caller& caller, const v1::JobSpec& spec) {
   OFFSITE_RETURN_IF_ERROR(RequireSubmitter(caller));
+  if (spec.has_plugin_eval()) {
+    return absl::InvalidArgumentError(
+        "plugin_eval: queued by pushing an adapter (`offsite offsite push`), not submitted");
+  }
+  // Emulators read the owner's registered models.
+  if (spec.has_emulator() && !caller.is_owner()) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "principal \"", caller.principal, "\" may not build emulators (owner role only)"));
+  }
   // Checked before Validate, whose "does not exist" would let a tenant probe
   // for files outside the data roots.
   if (!caller.is_owner()) OFFSITE_RETURN_IF_ERROR(CheckServerPaths(spec, data_roots_));
   OFFSITE_RETURN_IF_ERROR(Validate(spec));
   OFFSITE_RETURN_IF_ERROR(CheckArtifactRefs(caller, spec));
+  return Enqueue(caller, spec);
+}
+
+absl::StatusOr<v1::Job> JobManager::SubmitInternal(const Caller& caller, const v1::JobSpec& spec) {
+  OFFSITE_RETURN_IF_ERROR(Validate(spec));
+  return Enqueue(caller, spec);
+}
+
+absl::StatusOr<v1::Job> JobManager::Enqueue(const Caller& caller, const v1::JobSpec& spec) {
   v1::Job job;
   job.set_id(NewId("job"));
   job.set_owner(caller.principal);

@@ -32,6 +32,10 @@ class JobManager {
         data_roots_(std::move(data_roots)) {}
 
   absl::StatusOr<v1::Job> Submit(const Caller& caller, const v1::JobSpec& spec);
+  // Queues a job the server itself asks for on the caller's behalf (e.g. the
+  // plug-in evaluation of a pushed adapter): validated, but kinds closed to
+  // clients are allowed.
+  absl::StatusOr<v1::Job> SubmitInternal(const Caller& caller, const v1::JobSpec& spec);
   absl::StatusOr<v1::Job> Get(const Caller& caller, const std::string& id);
   absl::StatusOr<v1::ListJobsResponse> List(const Caller& caller,
                                             const v1::ListJobsRequest& request);
@@ -53,6 +57,8 @@ class JobManager {
   // NotFound (not PermissionDenied) for another tenant's job: ids are not to
   // be probed.
   absl::StatusOr<v1::Job> GetVisible(const Caller& caller, const std::string& id);
+
+  absl::StatusOr<v1::Job> Enqueue(const Caller& caller, const v1::JobSpec& spec);
 
   // Artifacts a spec refers to ((artifact_ref) fields) must be the caller's.
   absl::Status CheckArtifactRefs(const Caller& caller, const v1::JobSpec& spec);

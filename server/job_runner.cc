@@ -3,6 +3,7 @@
 #include "server/jobs/fcmae_job.h"
 #include "server/jobs/finetune_job.h"
 #include "server/jobs/forward_forward_job.h"
+#include "server/jobs/offsite_tuning_jobs.h"
 
 namespace offsite {
 
@@ -12,8 +13,11 @@ std::string KindName(v1::JobSpec::KindCase kind) {
   return field ? field->name() : "";
 }
 
-RunnerRegistry DefaultRunners() {
+RunnerRegistry DefaultRunners(OffsiteStore* offsite_store, ArtifactStore* artifacts) {
   RunnerRegistry runners;
+  runners[v1::JobSpec::kLmPretrain] = std::make_unique<LmPretrainJob>();
+  runners[v1::JobSpec::kEmulator] = std::make_unique<EmulatorJob>(offsite_store, artifacts);
+  runners[v1::JobSpec::kPluginEval] = std::make_unique<PluginEvalJob>(offsite_store, artifacts);
   runners[v1::JobSpec::kForwardForward] = std::make_unique<ForwardForwardJob>();
   runners[v1::JobSpec::kFcmae] = std::make_unique<FcmaeJob>();
   runners[v1::JobSpec::kFinetune] = std::make_unique<FinetuneJob>();

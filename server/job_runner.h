@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "offsite/v1/artifact.pb.h"
 #include "offsite/v1/job.pb.h"
 
 namespace offsite {
@@ -39,7 +40,8 @@ class JobContext {
   virtual bool CheckpointDue() = 0;
 
   // Moves the file into the artifact store as an output of this job.
-  virtual absl::Status AddArtifact(const std::string& path, const std::string& name) = 0;
+  virtual absl::StatusOr<v1::Artifact> AddArtifact(const std::string& path,
+                                                   const std::string& name) = 0;
 
   // Local path of an artifact's bytes for reading, once checked to belong to
   // the job's owner (NotFound otherwise).
@@ -62,8 +64,12 @@ class JobRunner {
 // One runner per job kind (the JobSpec oneof case).
 using RunnerRegistry = std::map<v1::JobSpec::KindCase, std::unique_ptr<JobRunner>>;
 
-// The registry of every job kind this server runs.
-RunnerRegistry DefaultRunners();
+class ArtifactStore;
+class OffsiteStore;
+
+// The registry of every job kind this server runs. The Offsite-Tuning jobs
+// read registered models and record packages through the two stores.
+RunnerRegistry DefaultRunners(OffsiteStore* offsite_store, ArtifactStore* artifacts);
 
 // The kind's name: the oneof field name, e.g. "forward_forward"; "" if unset.
 std::string KindName(v1::JobSpec::KindCase kind);

@@ -8,27 +8,19 @@ namespace {
 
 std::string JobResource(const std::string& id) { return absl::StrCat("job/", id); }
 
-// Stores a StatusOr's value into a response, or passes its error on.
-template <typename T>
-absl::Status Assign(absl::StatusOr<T> result, T* response) {
-  OFFSITE_RETURN_IF_ERROR(result.status());
-  *response = std::move(result).value();
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* context, const v1::JobSpec* request,
                                        v1::Job* response) {
   return HandleRpc(env_, context, "SubmitJob", "job/new", [&](const Caller& caller) {
-    return Assign(manager_->Submit(caller, *request), response);
+    return AssignResponse(manager_->Submit(caller, *request), response);
   });
 }
 
 grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* context, const v1::GetJobRequest* request,
                                     v1::Job* response) {
   return HandleRpc(env_, context, "GetJob", JobResource(request->id()), [&](const Caller& caller) {
-    return Assign(manager_->Get(caller, request->id()), response);
+    return AssignResponse(manager_->Get(caller, request->id()), response);
   });
 }
 
@@ -36,7 +28,7 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* context,
                                       const v1::ListJobsRequest* request,
                                       v1::ListJobsResponse* response) {
   return HandleRpc(env_, context, "ListJobs", "jobs", [&](const Caller& caller) {
-    return Assign(manager_->List(caller, *request), response);
+    return AssignResponse(manager_->List(caller, *request), response);
   });
 }
 
@@ -44,7 +36,7 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
                                        const v1::CancelJobRequest* request, v1::Job* response) {
   return HandleRpc(env_, context, "CancelJob", JobResource(request->id()),
                    [&](const Caller& caller) {
-                     return Assign(manager_->Cancel(caller, request->id()), response);
+                     return AssignResponse(manager_->Cancel(caller, request->id()), response);
                    });
 }
 
@@ -65,7 +57,7 @@ grpc::Status JobServiceImpl::GetJobLogs(grpc::ServerContext* context,
                                         v1::GetJobLogsResponse* response) {
   return HandleRpc(env_, context, "GetJobLogs", JobResource(request->id()),
                    [&](const Caller& caller) {
-                     return Assign(manager_->Logs(caller, *request), response);
+                     return AssignResponse(manager_->Logs(caller, *request), response);
                    });
 }
 

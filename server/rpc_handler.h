@@ -9,6 +9,7 @@
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "grpcpp/server_context.h"
 #include "server/audit_log.h"
 #include "server/auth.h"
@@ -19,6 +20,14 @@ struct RpcEnvironment {
   Authenticator* auth;
   AuditLog* audit;
 };
+
+// Stores a StatusOr's value into a response, or passes its error on.
+template <typename T>
+absl::Status AssignResponse(absl::StatusOr<T> result, T* response) {
+  if (!result.ok()) return result.status();
+  *response = std::move(result).value();
+  return absl::OkStatus();
+}
 
 grpc::Status HandleRpc(const RpcEnvironment& env, grpc::ServerContext* context,
                        absl::string_view method, const std::string& resource,

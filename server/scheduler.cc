@@ -94,7 +94,8 @@ class Scheduler::Context : public JobContext {
     return true;
   }
 
-  absl::Status AddArtifact(const std::string& path, const std::string& name) override {
+  absl::StatusOr<v1::Artifact> AddArtifact(const std::string& path,
+                                           const std::string& name) override {
     OFFSITE_ASSIGN_OR_RETURN(v1::Artifact artifact,
                              scheduler_->artifacts_->AddFile(path, name, job_.owner(), job_.id()));
     v1::JobEvent event;
@@ -107,7 +108,7 @@ class Scheduler::Context : public JobContext {
         },
         std::move(event));
     job_.add_artifact_ids(artifact.id());
-    return absl::OkStatus();
+    return artifact;
   }
 
   absl::StatusOr<std::string> ArtifactPath(const std::string& artifact_id) override {

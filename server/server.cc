@@ -26,6 +26,9 @@
 #include "server/job_manager.h"
 #include "server/job_service.h"
 #include "server/job_store.h"
+#include "server/offsite_manager.h"
+#include "server/offsite_service.h"
+#include "server/offsite_store.h"
 #include "server/scheduler.h"
 
 namespace offsite {
@@ -47,6 +50,9 @@ struct OffsiteServer::State {
   std::unique_ptr<JobManager> manager;
   std::unique_ptr<JobServiceImpl> job_service;
   std::unique_ptr<ArtifactServiceImpl> artifact_service;
+  std::unique_ptr<OffsiteStore> offsite_store;
+  std::unique_ptr<OffsiteManager> offsite_manager;
+  std::unique_ptr<OffsiteServiceImpl> offsite_service;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   bool stopped = false;
@@ -129,7 +135,8 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
                            ArtifactStore::Create(state->db.get(), config.data_dir()));
   OFFSITE_ASSIGN_OR_RETURN(state->audit, AuditLog::Open(config.data_dir() + "/audit.log"));
   state->auth = std::make_unique<Authenticator>(config.access_file(), config.insecure());
-  state->runners = DefaultRunners();
+  OFFSITE_ASSIGN_OR_RETURN(state->offsite_store, OffsiteStore::Create(state->db.get()));
+  state->runners = DefaultRunners(state->offsite_store.get(), state->artifacts.get());
 
   SchedulerOptions scheduler_options;
   scheduler_options.data_dir = config.data_dir();
@@ -144,7 +151,14 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
       std::vector<std::string>(config.data_roots().begin(), config.data_roots().end()));
   RpcEnvironment env{state->auth.get(), state->audit.get()};
   state->job_service = std::make_unique<JobServiceImpl>(state->manager.get(), env);
-  state->artifact_service = std::make_unique<ArtifactServiceImpl>(state->artifacts.get(), env);
+  state->offsite_manager = std::make_unique<OffsiteManager>(
+      state->offsite_store.get(), state->artifacts.get(), state->manager.get());
+  state->offsite_service = std::make_unique<OffsiteServiceImpl>(state->offsite_manager.get(), env);
+  OffsiteManager* offsite_manager = state->offsite_manager.get();
+  state->artifact_service = std::make_unique<ArtifactServiceImpl>(
+      state->artifacts.get(), env, [offsite_manager](const Caller& caller, const v1::Artifact& a) {
+        return offsite_manager->GrantedArtifact(caller, a);
+      });
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -157,6 +171,7 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
   builder.AddListeningPort(config.listen_address(), credentials, &state->port);
   builder.RegisterService(state->job_service.get());
   builder.RegisterService(state->artifact_service.get());
+  builder.RegisterService(state->offsite_service.get());
   state->server = builder.BuildAndStart();
   if (!state->server || state->port == 0) {
     return absl::UnavailableError(

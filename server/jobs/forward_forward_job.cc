@@ -212,7 +212,7 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
   hooks.save(model);  // the same "ff" (and "bp") entries as a checkpoint
   const std::string model_path = ctx.work_dir() + "/model.pt";
   OFFSITE_RETURN_IF_ERROR(SaveArchive(model, kModelFormat, kFormatVersion, model_path));
-  return ctx.AddArtifact(model_path, "forward_forward_model.pt");
+  return ctx.AddArtifact(model_path, "forward_forward_model.pt").status();
 }
 
 }  // namespace offsite

@@ -33,7 +33,7 @@ class FakeRunner : public JobRunner {
         ctx.ReportMetrics(1, {{"accuracy", 0.9}});
         std::string path = ctx.work_dir() + "/out.txt";
         std::ofstream(path) << "result";
-        return ctx.AddArtifact(path, "out.txt");
+        return ctx.AddArtifact(path, "out.txt").status();
       }
       case 2:
         while (!ctx.cancelled()) std::this_thread::sleep_for(5ms);

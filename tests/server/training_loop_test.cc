@@ -23,8 +23,8 @@ class FakeContext : public JobContext {
   void Log(absl::string_view) override {}
   const std::string& work_dir() const override { return dir_; }
   bool CheckpointDue() override { return true; }
-  absl::Status AddArtifact(const std::string&, const std::string&) override {
-    return absl::OkStatus();
+  absl::StatusOr<v1::Artifact> AddArtifact(const std::string&, const std::string&) override {
+    return v1::Artifact();
   }
   absl::StatusOr<std::string> ArtifactPath(const std::string&) override {
     return absl::NotFoundError("none");

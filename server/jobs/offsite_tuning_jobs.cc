@@ -1,0 +1,316 @@
+#include "server/jobs/offsite_tuning_jobs.h"
+
+#include <google/protobuf/text_format.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/file_util.h"
+#include "common/proto_util.h"
+#include "common/safetensors.h"
+#include "common/status_macros.h"
+#include "models/model_arch.h"
+#include "models/offsite_tuning.h"
+#include "server/job_store.h"
+
+namespace offsite {
+namespace {
+
+// Reports every step's metrics and progress; false (stop) once cancelled.
+StepCallback ReportTo(JobContext& ctx, const std::string& phase, int64_t total_steps) {
+  return [&ctx, phase, total_steps](int64_t step, const std::map<std::string, double>& metrics) {
+    ctx.ReportProgress(phase, step, total_steps);
+    // Every step's loss would flood the event log: validation steps and
+    // every 10th step only.
+    if (metrics.count("valid_loss") || step % 10 == 0) ctx.ReportMetrics(step, metrics);
+    if (metrics.count("valid_loss")) {
+      ctx.Log(absl::StrFormat("%s step %d/%d: valid_loss %.4f", phase, step, total_steps,
+                              metrics.at("valid_loss")));
+    }
+    return !ctx.cancelled();
+  };
+}
+
+absl::Status Cancelled(const absl::Status& status) {
+  return absl::IsCancelled(status) ? absl::CancelledError("cancelled") : status;
+}
+
+absl::StatusOr<LoadedModel> LoadModelArtifact(ArtifactStore& artifacts, const v1::Model& model) {
+  OFFSITE_ASSIGN_OR_RETURN(v1::Artifact artifact, artifacts.Get(model.artifact_id()));
+  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file, ReadSafetensors(artifacts.BlobPath(artifact.sha256())));
+  return ModelFromFile(file);
+}
+
+int64_t Context(const v1::ModelArch& arch) { return arch.has_gpt() ? arch.gpt().n_positions() : 0; }
+
+void AddEvaluation(const Evaluation& eval, const std::string& prefix,
+                   std::map<std::string, double>& metrics) {
+  for (const auto& [name, value] : eval.AsMetrics(prefix)) metrics[name] = value;
+  metrics[prefix + "loss"] = eval.loss;
+}
+
+absl::StatusOr<std::string> WriteFile(JobContext& ctx, const std::string& name,
+                                      const SafetensorsFile& file) {
+  const std::string path = ctx.work_dir() + "/" + name;
+  OFFSITE_RETURN_IF_ERROR(WriteSafetensors(path, file));
+  return path;
+}
+
+constexpr int64_t kEvalBatch = 64;
+
+}  // namespace
+
+// --- lm_pretrain -----------------------------------------------------------
+
+absl::Status LmPretrainJob::Validate(const v1::JobSpec& job_spec) const {
+  const v1::LmPretrainSpec& spec = job_spec.lm_pretrain();
+  v1::ModelArch arch;
+  *arch.mutable_gpt() = spec.arch();
+  OFFSITE_RETURN_IF_ERROR(ResolveModelArch(arch, "lm_pretrain.arch").status());
+  v1::TaskData data;
+  *data.mutable_text() = spec.data();
+  OFFSITE_RETURN_IF_ERROR(ValidateTaskData(data, "lm_pretrain.data"));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("lm_pretrain.steps", spec.steps(), 0, 1e7));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("lm_pretrain.batch_size", spec.batch_size(), 0, 4096));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("lm_pretrain.learning_rate", spec.learning_rate(), 0, 1));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("lm_pretrain.weight_decay", spec.weight_decay(), 0, 1));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("lm_pretrain.warmup_steps", spec.warmup_steps(), 0, 1e7));
+  return CheckRange("lm_pretrain.eval_interval", spec.eval_interval(), 0, 1e7);
+}
+
+absl::Status LmPretrainJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
+  const v1::LmPretrainSpec& spec = job_spec.lm_pretrain();
+  v1::ModelArch arch;
+  *arch.mutable_gpt() = spec.arch();
+  OFFSITE_ASSIGN_OR_RETURN(arch, ResolveModelArch(arch));
+  const torch::Device device(ctx.device());
+  v1::TaskData data;
+  *data.mutable_text() = spec.data();
+  OFFSITE_ASSIGN_OR_RETURN(TaskTensors task, LoadTaskData(data, Context(arch), device, "data"));
+  torch::manual_seed(spec.seed());
+  OFFSITE_ASSIGN_OR_RETURN(std::shared_ptr<BlockModelImpl> model, MakeBlockModel(arch));
+  model->to(device);
+  TrainOptions options;
+  options.steps = spec.steps() ? spec.steps() : 2000;
+  options.batch_size = spec.batch_size() ? spec.batch_size() : 32;
+  options.learning_rate = spec.learning_rate() ? spec.learning_rate() : 1e-3;
+  options.weight_decay = spec.weight_decay() ? spec.weight_decay() : 0.1;
+  options.warmup_steps = std::min<int64_t>(spec.warmup_steps() ? spec.warmup_steps() : 100,
+                                           options.steps);
+  options.eval_interval = spec.eval_interval() ? spec.eval_interval() : 200;
+  options.seed = spec.seed();
+  ctx.Log(absl::StrCat("training tokens ", task.train_input.numel(), ", validation tokens ",
+                       task.valid_input.numel()));
+  absl::StatusOr<TrainResult> result =
+      Train(*model, task, options, ReportTo(ctx, "pretrain", options.steps));
+  OFFSITE_RETURN_IF_ERROR(Cancelled(result.status()));
+  std::map<std::string, double> final_metrics;
+  AddEvaluation(result->best, "best_valid_", final_metrics);
+  ctx.ReportMetrics(options.steps, final_metrics);
+  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file, ModelToFile(arch, *model));
+  OFFSITE_ASSIGN_OR_RETURN(std::string path, WriteFile(ctx, "model.safetensors", file));
+  return ctx.AddArtifact(path, "model.safetensors").status();
+}
+
+// --- emulator --------------------------------------------------------------
+
+absl::Status EmulatorJob::Validate(const v1::JobSpec& job_spec) const {
+  const v1::EmulatorSpec& spec = job_spec.emulator();
+  if (spec.model().empty()) return absl::InvalidArgumentError("emulator.model: required");
+  OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.bottom", spec.bottom(), 0, 1e4));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.top", spec.top(), 0, 1e4));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.emulator_blocks", spec.emulator_blocks(), 0, 1e4));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.num_classes", spec.num_classes(), 0, 1e6));
+  const v1::DistillSpec& distill = spec.distill();
+  OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.distill.steps", distill.steps(), 0, 1e7));
+  if (distill.steps() > 0) {
+    OFFSITE_RETURN_IF_ERROR(ValidateTaskData(distill.data(), "emulator.distill.data"));
+  }
+  OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.distill.batch_size", distill.batch_size(), 0, 4096));
+  OFFSITE_RETURN_IF_ERROR(
+      CheckRange("emulator.distill.learning_rate", distill.learning_rate(), 0, 1));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.distill.task_weight", distill.task_weight(), 0, 1e4));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.distill.kd_weight", distill.kd_weight(), 0, 1e4));
+  if (spec.has_task_eval()) {
+    OFFSITE_RETURN_IF_ERROR(ValidateTaskData(spec.task_eval(), "emulator.task_eval"));
+  }
+  // The model and the split are checked against the registry when the job
+  // runs; a model registered later must not make a queued job invalid.
+  return absl::OkStatus();
+}
+
+absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
+  const v1::EmulatorSpec& spec = job_spec.emulator();
+  const torch::Device device(ctx.device());
+  absl::StatusOr<v1::Model> model = store_->GetModel(spec.model());
+  if (!model.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("emulator.model: ", model.status().message()));
+  }
+  OFFSITE_ASSIGN_OR_RETURN(LoadedModel full, LoadModelArtifact(*artifacts_, *model));
+  full.model->to(device);
+  const int64_t bottom = spec.bottom() ? spec.bottom() : 2;
+  const int64_t top = spec.top() ? spec.top() : 2;
+  absl::StatusOr<SplitPlan> plan =
+      PlanSplit(full.model->num_blocks(), bottom, top, spec.emulator_blocks());
+  if (!plan.ok()) return absl::InvalidArgumentError(absl::StrCat("emulator: ", plan.status().message()));
+  ctx.Log(absl::StrCat("split ", bottom, "-", spec.emulator_blocks(), "-", top, " of ",
+                       full.model->num_blocks(), " blocks; emulator keeps middle blocks ",
+                       absl::StrJoin(plan->kept_middle, ",")));
+  OFFSITE_ASSIGN_OR_RETURN(Emulator emulator,
+                           MakeEmulator(full.arch, *full.model, *plan, spec.num_classes(), spec.seed()));
+  std::map<std::string, double> metrics;
+  const v1::DistillSpec& distill = spec.distill();
+  if (distill.steps() > 0) {
+    OFFSITE_ASSIGN_OR_RETURN(TaskTensors data,
+                             LoadTaskData(distill.data(), Context(full.arch), device, "distill.data"));
+    DistillOptions options;
+    options.train.steps = distill.steps();
+    options.train.batch_size = distill.batch_size() ? distill.batch_size() : 32;
+    options.train.learning_rate = distill.learning_rate() ? distill.learning_rate() : 1e-4;
+    options.train.warmup_steps = distill.warmup_steps() ? distill.warmup_steps() : distill.steps() / 10;
+    options.train.eval_interval =
+        distill.eval_interval() ? distill.eval_interval() : std::max(1, distill.steps() / 10);
+    options.train.seed = spec.seed();
+    const bool language = full.arch.has_gpt();
+    options.task_weight = distill.task_weight() ? distill.task_weight() : (language ? 1.0 : 0.0);
+    options.kd_weight = distill.kd_weight() ? distill.kd_weight() : (language ? 30.0 : 1.0);
+    // The distillation's task loss needs the model's own head: with a new
+    // (random) head only the boundary loss means anything.
+    if (spec.num_classes() > 0) options.task_weight = 0;
+    // Distil with the model's head (the emulator's may be new).
+    OFFSITE_ASSIGN_OR_RETURN(Emulator teacher_headed,
+                             MakeEmulator(full.arch, *full.model, *plan, 0, spec.seed()));
+    absl::StatusOr<TrainResult> result =
+        DistillEmulator(*full.model, *teacher_headed.model, *plan, data, options,
+                        ReportTo(ctx, "distill", options.train.steps));
+    OFFSITE_RETURN_IF_ERROR(Cancelled(result.status()));
+    metrics["distill_best_step"] = static_cast<double>(result->best_step);
+    metrics["distill_best_valid_loss"] = result->best.loss;
+    // Carry the distilled middle blocks over.
+    std::vector<NamedTensor> middle;
+    for (const auto& item : teacher_headed.model->named_parameters()) {
+      const int64_t block = BlockIndexOfName(*teacher_headed.model, item.key());
+      if (block >= 0 && !plan->IsAdapter(block)) middle.push_back({item.key(), item.value()});
+    }
+    OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(middle, *emulator.model));
+  }
+  if (spec.has_task_eval() && spec.num_classes() == 0) {
+    // Zero-shot rows of the paper's table: only meaningful with the model's own head.
+    OFFSITE_ASSIGN_OR_RETURN(TaskTensors eval_data,
+                             LoadTaskData(spec.task_eval(), Context(full.arch), device, "task_eval"));
+    AddEvaluation(Evaluate(*full.model, eval_data, kEvalBatch), "full_zero_shot_", metrics);
+    AddEvaluation(Evaluate(*emulator.model, eval_data, kEvalBatch), "emulator_zero_shot_", metrics);
+  }
+  PackageOptions options;
+  options.package_id = NewId("pkg");
+  options.model_name = spec.model();
+  options.new_head_classes = spec.num_classes();
+  v1::PackageManifest manifest;
+  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file,
+                           MakePackageFile(emulator, *plan, options, &manifest));
+  int64_t adapter_params = 0, emulator_params = 0, shared_params = 0;
+  for (const v1::TensorInfo& info : manifest.tensors()) {
+    int64_t n = 1;
+    for (int64_t d : info.shape()) n *= d;
+    (info.role() == v1::TensorInfo::ADAPTER ? adapter_params
+     : info.role() == v1::TensorInfo::EMULATOR ? emulator_params
+                                               : shared_params) += n;
+  }
+  metrics["package_adapter_parameters"] = static_cast<double>(adapter_params);
+  metrics["package_emulator_parameters"] = static_cast<double>(emulator_params);
+  metrics["package_shared_parameters"] = static_cast<double>(shared_params);
+  metrics["full_model_parameters"] = static_cast<double>(model->parameters());
+  ctx.ReportMetrics(distill.steps(), metrics);
+  OFFSITE_ASSIGN_OR_RETURN(std::string path, WriteFile(ctx, "package.safetensors", file));
+  OFFSITE_ASSIGN_OR_RETURN(v1::Artifact artifact, ctx.AddArtifact(path, "package.safetensors"));
+  v1::Package package;
+  package.set_id(options.package_id);
+  package.set_model(spec.model());
+  package.set_job_id(ctx.job().id());
+  package.set_artifact_id(artifact.id());
+  package.set_sha256(artifact.sha256());
+  package.set_size(artifact.size());
+  *package.mutable_manifest() = manifest;
+  for (const auto& [name, value] : metrics) (*package.mutable_metrics())[name] = value;
+  if (spec.has_task_eval()) *package.mutable_task_eval() = spec.task_eval();
+  package.set_create_time_ms(NowMs());
+  OFFSITE_RETURN_IF_ERROR(store_->AddPackage(package));
+  ctx.Log(absl::StrCat("package ", package.id(), " ready: ", adapter_params,
+                       " adapter parameters, ", emulator_params, " emulator, ", shared_params,
+                       " shared (full model ", model->parameters(), ")"));
+  return absl::OkStatus();
+}
+
+// --- plugin_eval -----------------------------------------------------------
+
+absl::Status PluginEvalJob::Validate(const v1::JobSpec& job_spec) const {
+  if (job_spec.plugin_eval().adapter_id().empty()) {
+    return absl::InvalidArgumentError("plugin_eval.adapter_id: required");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PluginEvalJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
+  const torch::Device device(ctx.device());
+  OFFSITE_ASSIGN_OR_RETURN(v1::Adapter adapter, store_->GetAdapter(job_spec.plugin_eval().adapter_id()));
+  OFFSITE_ASSIGN_OR_RETURN(v1::Package package, store_->GetPackage(adapter.package_id()));
+  OFFSITE_ASSIGN_OR_RETURN(v1::Model model, store_->GetModel(package.model()));
+  OFFSITE_ASSIGN_OR_RETURN(v1::Artifact adapter_artifact, artifacts_->Get(adapter.artifact_id()));
+  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile adapter_file,
+                           ReadSafetensors(artifacts_->BlobPath(adapter_artifact.sha256())));
+  // Checked again: the upload was checked at push time, this is the server's
+  // own defence before the full model runs it.
+  OFFSITE_RETURN_IF_ERROR(CheckAdapter(package.manifest(), adapter_file));
+  if (!package.has_task_eval()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "package ", package.id(), " has no task_eval data to evaluate the plug-in on"));
+  }
+  // The full model with the package's head shape, then the adapter on top.
+  OFFSITE_ASSIGN_OR_RETURN(LoadedModel registered, LoadModelArtifact(*artifacts_, model));
+  OFFSITE_ASSIGN_OR_RETURN(std::shared_ptr<BlockModelImpl> full,
+                           MakeBlockModel(package.manifest().arch()));
+  std::vector<NamedTensor> base;
+  for (const auto& item : registered.model->named_parameters()) base.push_back({item.key(), item.value()});
+  const bool new_head = registered.arch.num_classes() != package.manifest().arch().num_classes() ||
+                        std::any_of(package.manifest().tensors().begin(),
+                                    package.manifest().tensors().end(), [&](const v1::TensorInfo& t) {
+                                      return t.role() == v1::TensorInfo::ADAPTER &&
+                                             BlockIndexOfName(*full, t.name()) < 0;
+                                    });
+  OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(
+      base, *full, new_head ? full->HeadPrefixes() : std::vector<std::string>{}));
+  OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(adapter_file.tensors, *full));
+  full->to(device);
+  OFFSITE_ASSIGN_OR_RETURN(v1::Artifact package_artifact, artifacts_->Get(package.artifact_id()));
+  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile package_file,
+                           ReadSafetensors(artifacts_->BlobPath(package_artifact.sha256())));
+  OFFSITE_ASSIGN_OR_RETURN(OpenedPackage opened, OpenPackage(package_file));
+  OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(adapter_file.tensors, *opened.emulator));
+  opened.emulator->to(device);
+  ctx.ReportProgress("evaluate", 0, 2);
+  OFFSITE_ASSIGN_OR_RETURN(TaskTensors data,
+                           LoadTaskData(package.task_eval(), Context(package.manifest().arch()),
+                                        device, "task_eval"));
+  std::map<std::string, double> metrics;
+  AddEvaluation(Evaluate(*full, data, kEvalBatch), "plugin_", metrics);
+  ctx.ReportProgress("evaluate", 1, 2);
+  if (ctx.cancelled()) return absl::CancelledError("cancelled");
+  AddEvaluation(Evaluate(*opened.emulator, data, kEvalBatch), "ot_emulator_", metrics);
+  for (const auto& [name, value] : package.metrics()) {
+    if (absl::StrContains(name, "zero_shot")) metrics[name] = value;
+  }
+  ctx.ReportProgress("evaluate", 2, 2);
+  ctx.ReportMetrics(1, metrics);
+  std::string report;
+  for (const auto& [name, value] : metrics) report += absl::StrFormat("%s: %.6g\n", name, value);
+  const std::string path = ctx.work_dir() + "/plugin_report.txt";
+  OFFSITE_RETURN_IF_ERROR(WriteFileAtomic(path, report));
+  ctx.Log(absl::StrCat("plug-in report for adapter ", adapter.id(), ":\n", report));
+  return ctx.AddArtifact(path, "plugin_report.txt").status();
+}
+
+}  // namespace offsite
