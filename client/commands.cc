@@ -10,8 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/cli_args.h"
+#include "client/cli_util.h"
 #include "client/connection.h"
 #include "client/job_view.h"
+#include "client/offsite_commands.h"
 #include "client/spec_builder.h"
 #include "client/transfer.h"
 #include "client/watch.h"
@@ -26,6 +28,8 @@ namespace offsite {
 namespace {
 
 const std::vector<std::string> kSwitches = {"json", "watch", "insecure", "help", "follow"};
+
+}  // namespace
 
 std::string Json(const google::protobuf::Message& message) {
   std::string json;
@@ -43,6 +47,8 @@ int Fail(const absl::Status& status) {
   std::cerr << "\n";
   return ExitCodeFor(status);
 }
+
+namespace {
 
 std::vector<std::string> With(std::vector<std::string> flags) {
   const std::vector<std::string>& connection = ConnectionFlags();
@@ -85,6 +91,8 @@ int ExitForJob(const v1::Job& job) {
       return kExitOk;
   }
 }
+
+}  // namespace
 
 // Follows a job, drawing a live bar on a terminal and plain lines elsewhere.
 int Watch(v1::JobService::Stub& stub, const std::string& id, bool json) {
@@ -131,6 +139,8 @@ int Watch(v1::JobService::Stub& stub, const std::string& id, bool json) {
   }
   return ExitForJob(*job);
 }
+
+namespace {
 
 int JobsSubmit(const CliArgs& args) {
   absl::Status usage = RequirePositional(
@@ -235,6 +245,8 @@ int JobsOne(const std::string& verb, const CliArgs& args) {
   return kExitOk;
 }
 
+}  // namespace
+
 // A one-line byte counter on a terminal.
 TransferProgress ByteProgress(const std::string& label) {
   if (!isatty(STDERR_FILENO)) return nullptr;
@@ -243,8 +255,6 @@ TransferProgress ByteProgress(const std::string& label) {
               << (done == total ? "\n" : "") << std::flush;
   };
 }
-
-}  // namespace
 
 int RunJobsCommand(const std::vector<std::string>& words) {
   if (words.empty()) return Fail(UsageError("offsite jobs submit|list|get|watch|cancel|logs ..."));
@@ -360,7 +370,8 @@ std::string Usage() {
       "  offsite jobs get|watch|cancel|logs JOB_ID\n"
       "  offsite artifacts get ARTIFACT_ID -o FILE | stat ARTIFACT_ID | put FILE [--name NAME]\n"
       "  offsite certs init --dir DIR [--server-name NAME ...] [--owner NAME]\n"
-      "  offsite certs issue --dir DIR --name NAME [--role owner|data-owner|worker]\n\n"
+      "  offsite certs issue --dir DIR --name NAME [--role owner|data-owner|worker]\n",
+      OffsiteUsage(), "\n"
       "Job kinds: ", absl::StrJoin(JobKinds(), ", "), "\n\n",
       "Connection (flag / environment variable):\n"
       "  --server OFFSITE_SERVER (127.0.0.1:50051)   --certs-dir OFFSITE_CERTS_DIR "

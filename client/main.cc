@@ -6,6 +6,7 @@
 
 #include "client/cli_args.h"
 #include "client/commands.h"
+#include "client/offsite_commands.h"
 
 int main(int argc, char** argv) {
   std::vector<std::string> words(argv + 1, argv + argc);
@@ -18,6 +19,9 @@ int main(int argc, char** argv) {
   if (group == "jobs") return offsite::RunJobsCommand(words);
   if (group == "artifacts") return offsite::RunArtifactsCommand(words);
   if (group == "certs") return offsite::RunCertsCommand(words);
+  if (group == "models") return offsite::RunModelsCommand(words);
+  if (group == "packages") return offsite::RunPackagesCommand(words);
+  if (group == "offsite") return offsite::RunOffsiteCommand(words);
   std::cerr << "offsite: unknown command \"" << group << "\"\n\n" << offsite::Usage();
   return offsite::kExitUsage;
 }
