@@ -3,6 +3,8 @@
 #include <dlfcn.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -42,6 +44,15 @@ absl::Status CheckDevice(const std::string& device) {
         absl::StrCat("device: \"", device, "\" is not a torch device (e.g. cpu, cuda:0)"));
   }
   return absl::OkStatus();
+}
+
+double PeakResidentMiB() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
+  }
+  return 0;
 }
 
 }  // namespace offsite

@@ -23,6 +23,10 @@ std::string RuntimeSummary();
 // InvalidArgument unless `device` parses as a torch::Device usable here.
 absl::Status CheckDevice(const std::string& device);
 
+// This process's resident-set high-water mark (VmHWM) in MiB; 0 where
+// /proc/self/status is not available. For benchmarks' peak-memory figures.
+double PeakResidentMiB();
+
 }  // namespace offsite
 
 #endif  // OFFSITE_COMMON_RUNTIME_H_

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -448,6 +449,22 @@ struct FamilyImport {
   Plan plan;
 };
 
+// The GptArch of sizes read from a config: vocabulary, positions, width,
+// layers and heads, each with its config key for errors. The default
+// activation stays implicit, so the arch reads as any Offsite GPT's.
+absl::StatusOr<v1::GptArch> GptArchOf(
+    const std::array<std::pair<const char*, int64_t>, 5>& sizes, const std::string& activation) {
+  for (const auto& [key, value] : sizes) OFFSITE_RETURN_IF_ERROR(CheckInt32(key, value));
+  v1::GptArch gpt;
+  gpt.set_vocab_size(static_cast<int32_t>(sizes[0].second));
+  gpt.set_n_positions(static_cast<int32_t>(sizes[1].second));
+  gpt.set_n_embd(static_cast<int32_t>(sizes[2].second));
+  gpt.set_n_layer(static_cast<int32_t>(sizes[3].second));
+  gpt.set_n_head(static_cast<int32_t>(sizes[4].second));
+  if (activation != GptConfig().activation) gpt.set_activation(activation);
+  return gpt;
+}
+
 absl::StatusOr<FamilyImport> Gpt2Import(const HfConfig& config) {
   const HfFamily family = HfFamily::kGpt2;
   OFFSITE_RETURN_IF_ERROR(CheckModelType(config, family));
@@ -478,21 +495,14 @@ absl::StatusOr<FamilyImport> Gpt2Import(const HfConfig& config) {
   if (by_layer) return Unsupported(family, "scale_attn_by_inverse_layer_idx true");
   if (cross) return Unsupported(family, "add_cross_attention true");
   OFFSITE_ASSIGN_OR_RETURN(std::string activation, GptActivation(family, act));
-  OFFSITE_RETURN_IF_ERROR(CheckInt32("vocab_size", vocab));
-  OFFSITE_RETURN_IF_ERROR(CheckInt32("n_positions", positions));
-  OFFSITE_RETURN_IF_ERROR(CheckInt32("n_embd", c));
-  OFFSITE_RETURN_IF_ERROR(CheckInt32("n_layer", layers));
-  OFFSITE_RETURN_IF_ERROR(CheckInt32("n_head", heads));
-
   FamilyImport out;
-  v1::GptArch* gpt = out.arch.mutable_gpt();
-  gpt->set_vocab_size(static_cast<int32_t>(vocab));
-  gpt->set_n_positions(static_cast<int32_t>(positions));
-  gpt->set_n_embd(static_cast<int32_t>(c));
-  gpt->set_n_layer(static_cast<int32_t>(layers));
-  gpt->set_n_head(static_cast<int32_t>(heads));
-  // The default stays implicit, so the arch reads as any Offsite GPT's.
-  if (activation != GptConfig().activation) gpt->set_activation(activation);
+  OFFSITE_ASSIGN_OR_RETURN(*out.arch.mutable_gpt(),
+                           GptArchOf({{{"vocab_size", vocab},
+                                       {"n_positions", positions},
+                                       {"n_embd", c},
+                                       {"n_layer", layers},
+                                       {"n_head", heads}}},
+                                     activation));
   out.plan = Gpt2Plan(vocab, positions, c, layers);
   return out;
 }
@@ -528,21 +538,14 @@ absl::StatusOr<FamilyImport> OptImport(const HfConfig& config) {
         absl::StrCat("ffn_dim ", ffn, " (an MLP width other than 4 * hidden_size = ", 4 * c, ")"));
   }
   OFFSITE_ASSIGN_OR_RETURN(std::string activation, GptActivation(family, act));
-  OFFSITE_RETURN_IF_ERROR(CheckInt32("vocab_size", vocab));
-  OFFSITE_RETURN_IF_ERROR(CheckInt32("max_position_embeddings", positions));
-  OFFSITE_RETURN_IF_ERROR(CheckInt32("hidden_size", c));
-  OFFSITE_RETURN_IF_ERROR(CheckInt32("num_hidden_layers", layers));
-  OFFSITE_RETURN_IF_ERROR(CheckInt32("num_attention_heads", heads));
-
   FamilyImport out;
-  v1::GptArch* gpt = out.arch.mutable_gpt();
-  gpt->set_vocab_size(static_cast<int32_t>(vocab));
-  gpt->set_n_positions(static_cast<int32_t>(positions));
-  gpt->set_n_embd(static_cast<int32_t>(c));
-  gpt->set_n_layer(static_cast<int32_t>(layers));
-  gpt->set_n_head(static_cast<int32_t>(heads));
-  // The default stays implicit, so the arch reads as any Offsite GPT's.
-  if (activation != GptConfig().activation) gpt->set_activation(activation);
+  OFFSITE_ASSIGN_OR_RETURN(*out.arch.mutable_gpt(),
+                           GptArchOf({{{"vocab_size", vocab},
+                                       {"max_position_embeddings", positions},
+                                       {"hidden_size", c},
+                                       {"num_hidden_layers", layers},
+                                       {"num_attention_heads", heads}}},
+                                     activation));
   out.plan = OptPlan(vocab, positions, c, layers);
   return out;
 }

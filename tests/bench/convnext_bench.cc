@@ -31,25 +31,15 @@ namespace {
 constexpr int64_t kBatch = 128;
 constexpr int kWarmup = 3;
 
-// Resident-set high-water mark of this process in MiB.
-double PeakRssMiB() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
-  }
-  return 0;
-}
-
 void Measure(const char* name, const std::function<void()>& step, int steps) {
-  const double rss_before = PeakRssMiB();
+  const double rss_before = PeakResidentMiB();
   for (int i = 0; i < kWarmup; ++i) step();
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) step();
   const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
   std::printf("%-10s %8.1f images/s  %7.1f ms/step  peak RSS %7.1f MiB (+%.1f)\n", name,
-              steps * kBatch / elapsed.count(), 1000 * elapsed.count() / steps, PeakRssMiB(),
-              PeakRssMiB() - rss_before);
+              steps * kBatch / elapsed.count(), 1000 * elapsed.count() / steps, PeakResidentMiB(),
+              PeakResidentMiB() - rss_before);
 }
 
 int Main(int argc, char** argv) {

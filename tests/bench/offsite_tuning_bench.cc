@@ -32,15 +32,6 @@
 namespace offsite {
 namespace {
 
-double PeakRssMiB() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
-  }
-  return 0;
-}
-
 struct Setup {
   std::string name;
   v1::ModelArch arch;
@@ -56,7 +47,7 @@ struct Figures {
 // One configuration: "full" (every parameter of the full model trains),
 // "emulator" (adapter only, emulator frozen) or "emulator+lora".
 Figures Measure(const Setup& setup, const std::string& mode, int64_t batch, int steps) {
-  const double rss_before = PeakRssMiB();
+  const double rss_before = PeakResidentMiB();
   torch::manual_seed(0);
   auto full = MakeBlockModel(setup.arch).value();
   std::shared_ptr<BlockModelImpl> model = full;
@@ -100,7 +91,7 @@ Figures Measure(const Setup& setup, const std::string& mode, int64_t batch, int 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   figures.steps_per_s = steps / seconds;
-  figures.peak_mib = PeakRssMiB() - rss_before;
+  figures.peak_mib = PeakResidentMiB() - rss_before;
   return figures;
 }
 
