@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -344,8 +345,12 @@ int OffsitePull(const CliArgs& args) {
   if (!stubs.ok()) return Fail(stubs.status());
   v1::Package package;
   absl::StatusOr<v1::PackageManifest> manifest = Pull(args, *stubs, &package);
-  if (!manifest.ok()) return Fail(manifest.status());
   const std::string dir = args.Get("output");
+  if (absl::IsDataLoss(manifest.status())) {
+    // A file that failed verification must not be tuned by mistake.
+    std::remove(JoinPath(dir, kPackageFileName).c_str());
+  }
+  if (!manifest.ok()) return Fail(manifest.status());
   std::string text =
       absl::StrCat("pulled package ", package.id(), " into ", dir, " (", package.size(),
                    " bytes, every tensor's SHA-256 verified)\n", ManifestSummary(*manifest));
