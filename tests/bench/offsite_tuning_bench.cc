@@ -45,7 +45,9 @@ struct Figures {
 };
 
 // One configuration: "full" (every parameter of the full model trains),
-// "emulator" (adapter only, emulator frozen) or "emulator+lora".
+// "emulator" (adapter only, emulator frozen), "emulator+lora", or
+// "emulator+top-only" (only the top adapter trains, so nothing below it keeps
+// activations for the backward pass).
 Figures Measure(const Setup& setup, const std::string& mode, int64_t batch, int steps) {
   const double rss_before = PeakResidentMiB();
   torch::manual_seed(0);
@@ -61,6 +63,7 @@ Figures Measure(const Setup& setup, const std::string& mode, int64_t batch, int 
     (void)MakePackageFile(emulator, plan, options, &manifest).value();
     TuneOptions tune;
     tune.lora = mode == "emulator+lora";
+    tune.top_only = mode == "emulator+top-only";
     model = emulator.model;
     full.reset();  // The data owner never holds the full model.
     PrepareForTuning(manifest, *model, tune);
@@ -152,10 +155,11 @@ int main(int argc, char** argv) {
 
   for (const Setup& setup : setups) {
     std::printf("%s\n", setup.name.c_str());
+    std::fflush(stdout);
     const Figures base = MeasureInChild(setup, "full", batch, steps);
-    for (const std::string mode : {"full", "emulator", "emulator+lora"}) {
+    for (const std::string mode : {"full", "emulator", "emulator+lora", "emulator+top-only"}) {
       const Figures f = mode == "full" ? base : MeasureInChild(setup, mode, batch, steps);
-      std::printf("  %-14s %7.2f steps/s (x%.2f)  peak %7.1f MiB (x%.2f)  trainable %lld\n",
+      std::printf("  %-17s %7.2f steps/s (x%.2f)  peak %7.1f MiB (x%.2f)  trainable %lld\n",
                   mode.c_str(), f.steps_per_s, f.steps_per_s / base.steps_per_s, f.peak_mib,
                   f.peak_mib / base.peak_mib, static_cast<long long>(f.trainable));
     }

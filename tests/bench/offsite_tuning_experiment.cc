@@ -4,7 +4,10 @@
 //   OT plug-in.
 //
 //   offsite_tuning_experiment --task language|vision [--seed N] [--threads N]
-//       [--pretrain-steps N] [--distill-steps N] [--tune-steps N] [--split B-K-T]
+//       [--pretrain-steps N] [--distill-steps N] [--tune-steps N] [--splits B-K-T,...]
+//
+// The model is pretrained and fully fine-tuned once; each split (default
+// 2-2-2) then gets its own emulator, distillation and tuned adapter.
 //
 // language: a GPT decoder pretrained by the owner on one fortunes collection
 //   (cookie), distilled on it, and tuned by the data owner on another
@@ -19,7 +22,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/runtime.h"
 #include "common/task_data.h"
 #include "models/model_arch.h"
@@ -28,12 +34,16 @@
 namespace offsite {
 namespace {
 
+struct Split {
+  int64_t bottom = 2, emulator_blocks = 2, top = 2;
+};
+
 struct Args {
   std::string task = "language";
   uint64_t seed = 0;
   int threads = 0;
   int64_t pretrain_steps = -1, distill_steps = -1, tune_steps = -1;
-  int64_t bottom = 2, emulator_blocks = 2, top = 2;
+  std::vector<Split> splits = {Split()};
 };
 
 double Now() {
@@ -114,34 +124,10 @@ int Run(const Args& args) {
   (void)Train(*full, owner, pretrain, Progress("pretrain", pretrain.steps)).value();
   const Evaluation owner_eval = Evaluate(*full, owner, 64);
 
-  SplitPlan plan =
-      PlanSplit(full->num_blocks(), args.bottom, args.top, args.emulator_blocks).value();
   const int64_t new_head = language ? 0 : 5;
-  Emulator emulator = MakeEmulator(arch, *full, plan, 0, args.seed).value();
-  std::printf("| row | %s |\n| --- | --- |\n", language ? "perplexity (lower is better)" : "accuracy %");
-  if (language) {
-    std::printf("| full zero-shot | %.2f |\n", Figure(Evaluate(*full, user, 64), true));
-    std::printf("| emulator zero-shot (layer-drop only) | %.2f |\n",
-                Figure(Evaluate(*emulator.model, user, 64), true));
-  }
-  if (distill_steps > 0) {
-    DistillOptions distill;
-    distill.train = pretrain;
-    distill.train.steps = distill_steps;
-    distill.train.learning_rate = 1e-3;
-    distill.train.warmup_steps = distill_steps / 10;
-    distill.train.eval_interval = std::max<int64_t>(1, distill_steps / 5);
-    distill.task_weight = language ? 1.0 : 0.0;
-    distill.kd_weight = language ? 30.0 : 1.0;
-    std::fprintf(stderr, "distilling (%lld steps)\n", static_cast<long long>(distill_steps));
-    (void)DistillEmulator(*full, *emulator.model, plan, owner, distill,
-                          Progress("distill", distill_steps))
-        .value();
-    if (language) {
-      std::printf("| emulator zero-shot (distilled) | %.2f |\n",
-                  Figure(Evaluate(*emulator.model, user, 64), true));
-    }
-  }
+  std::printf("| row | %s |\n| --- | --- |\n",
+              language ? "perplexity (lower is better)" : "accuracy %");
+  if (language) std::printf("| full zero-shot | %.2f |\n", Figure(Evaluate(*full, user, 64), true));
 
   // Full fine-tuning: every parameter, new head for vision.
   v1::ModelArch task_arch = arch;
@@ -157,41 +143,66 @@ int Run(const Args& args) {
   (void)Train(*fine_tuned, user, tune, Progress("full-ft", tune.steps)).value();
   std::printf("| full fine-tuning | %.2f |\n", Figure(Evaluate(*fine_tuned, user, 64), language));
 
-  // Offsite-Tuning: the package (new head for vision), tuned adapter.
-  Emulator packaged = MakeEmulator(arch, *full, plan, new_head, args.seed + 2).value();
-  (void)LoadNamedTensors(
-      [&] {
-        std::vector<NamedTensor> middle;
-        for (const auto& item : emulator.model->named_parameters()) {
-          const int64_t b = BlockIndexOfName(*emulator.model, item.key());
-          if (b >= 0 && !plan.IsAdapter(b)) middle.push_back({item.key(), item.value()});
-        }
-        return middle;
-      }(),
-      *packaged.model);
-  PackageOptions options;
-  options.package_id = "experiment";
-  options.new_head_classes = new_head;
-  v1::PackageManifest manifest;
-  SafetensorsFile file = MakePackageFile(packaged, plan, options, &manifest).value();
-  OpenedPackage opened = OpenPackage(file).value();
-  PrepareForTuning(opened.manifest, *opened.emulator, {});
-  std::fprintf(stderr, "offsite-tuning the adapter (%lld steps)\n",
-               static_cast<long long>(tune.steps));
-  (void)Train(*opened.emulator, user, tune, Progress("ot", tune.steps)).value();
-  std::printf("| OT emulator (emulator + tuned adapter) | %.2f |\n",
-              Figure(Evaluate(*opened.emulator, user, 64), language));
-  SafetensorsFile adapter = ExtractAdapter(opened.manifest, *opened.emulator).value();
-  auto plugged = MakeBlockModel(task_arch).value();
-  (void)LoadNamedTensors(base, *plugged, head);
-  (void)LoadNamedTensors(adapter.tensors, *plugged);
-  std::printf("| OT plug-in (full model + tuned adapter) | %.2f |\n",
-              Figure(Evaluate(*plugged, user, 64), language));
-  std::printf("\nowner's own task after pretraining: %s %.2f; split %lld-%lld-%lld of %lld blocks; "
-              "seed %llu; %.0f s\n",
+  for (const Split& split : args.splits) {
+    const std::string name = absl::StrCat(split.bottom, "-", split.emulator_blocks, "-", split.top);
+    SplitPlan plan =
+        PlanSplit(full->num_blocks(), split.bottom, split.top, split.emulator_blocks).value();
+    Emulator emulator = MakeEmulator(arch, *full, plan, 0, args.seed).value();
+    if (language) {
+      std::printf("| %s emulator zero-shot (layer-drop only) | %.2f |\n", name.c_str(),
+                  Figure(Evaluate(*emulator.model, user, 64), true));
+    }
+    if (distill_steps > 0) {
+      DistillOptions distill;
+      distill.train = pretrain;
+      distill.train.steps = distill_steps;
+      distill.train.learning_rate = 1e-3;
+      distill.train.warmup_steps = distill_steps / 10;
+      distill.train.eval_interval = std::max<int64_t>(1, distill_steps / 5);
+      distill.task_weight = language ? 1.0 : 0.0;
+      distill.kd_weight = language ? 30.0 : 1.0;
+      std::fprintf(stderr, "distilling %s (%lld steps)\n", name.c_str(),
+                   static_cast<long long>(distill_steps));
+      (void)DistillEmulator(*full, *emulator.model, plan, owner, distill,
+                            Progress("distill", distill_steps))
+          .value();
+      if (language) {
+        std::printf("| %s emulator zero-shot (distilled) | %.2f |\n", name.c_str(),
+                    Figure(Evaluate(*emulator.model, user, 64), true));
+      }
+    }
+
+    // Offsite-Tuning: the package (new head for vision), tuned adapter.
+    Emulator packaged = MakeEmulator(arch, *full, plan, new_head, args.seed + 2).value();
+    std::vector<NamedTensor> middle;
+    for (const auto& item : emulator.model->named_parameters()) {
+      const int64_t b = BlockIndexOfName(*emulator.model, item.key());
+      if (b >= 0 && !plan.IsAdapter(b)) middle.push_back({item.key(), item.value()});
+    }
+    (void)LoadNamedTensors(middle, *packaged.model);
+    PackageOptions options;
+    options.package_id = "experiment";
+    options.new_head_classes = new_head;
+    v1::PackageManifest manifest;
+    SafetensorsFile file = MakePackageFile(packaged, plan, options, &manifest).value();
+    OpenedPackage opened = OpenPackage(file).value();
+    PrepareForTuning(opened.manifest, *opened.emulator, {});
+    std::fprintf(stderr, "offsite-tuning the %s adapter (%lld steps)\n", name.c_str(),
+                 static_cast<long long>(tune.steps));
+    (void)Train(*opened.emulator, user, tune, Progress("ot", tune.steps)).value();
+    std::printf("| %s OT emulator (emulator + tuned adapter) | %.2f |\n", name.c_str(),
+                Figure(Evaluate(*opened.emulator, user, 64), language));
+    SafetensorsFile adapter = ExtractAdapter(opened.manifest, *opened.emulator).value();
+    auto plugged = MakeBlockModel(task_arch).value();
+    (void)LoadNamedTensors(base, *plugged, head);
+    (void)LoadNamedTensors(adapter.tensors, *plugged);
+    std::printf("| %s OT plug-in (full model + tuned adapter) | %.2f |\n", name.c_str(),
+                Figure(Evaluate(*plugged, user, 64), language));
+    std::fflush(stdout);
+  }
+  std::printf("\nowner's own task after pretraining: %s %.2f; %lld blocks; seed %llu; %.0f s\n",
               language ? "perplexity" : "accuracy %", Figure(owner_eval, language),
-              static_cast<long long>(args.bottom), static_cast<long long>(args.emulator_blocks),
-              static_cast<long long>(args.top), static_cast<long long>(full->num_blocks()),
+              static_cast<long long>(full->num_blocks()),
               static_cast<unsigned long long>(args.seed), Now() - t0);
   return 0;
 }
@@ -209,10 +220,16 @@ int main(int argc, char** argv) {
     else if (flag == "--pretrain-steps") args.pretrain_steps = std::atoll(value.c_str());
     else if (flag == "--distill-steps") args.distill_steps = std::atoll(value.c_str());
     else if (flag == "--tune-steps") args.tune_steps = std::atoll(value.c_str());
-    else if (flag == "--split") {
-      std::sscanf(value.c_str(), "%lld-%lld-%lld", reinterpret_cast<long long*>(&args.bottom),
-                  reinterpret_cast<long long*>(&args.emulator_blocks),
-                  reinterpret_cast<long long*>(&args.top));
+    else if (flag == "--splits") {
+      args.splits.clear();
+      for (absl::string_view item : absl::StrSplit(value, ',')) {
+        long long b = 0, k = 0, t = 0;
+        if (std::sscanf(std::string(item).c_str(), "%lld-%lld-%lld", &b, &k, &t) != 3) {
+          std::fprintf(stderr, "--splits: \"%s\" is not B-K-T\n", std::string(item).c_str());
+          return 2;
+        }
+        args.splits.push_back({b, k, t});
+      }
     } else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
