@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <unordered_map>
 
@@ -84,33 +85,42 @@ torch::Tensor NormalisedMse(const torch::Tensor& student, const torch::Tensor& t
   return (target - student).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12);
 }
 
-absl::Status CopyNamedTensors(torch::nn::Module& source, torch::nn::Module& target) {
-  std::unordered_map<std::string, torch::Tensor> target_tensors;
-  for (const auto& item : target.named_parameters()) target_tensors[item.key()] = item.value();
-  for (const auto& item : target.named_buffers()) target_tensors[item.key()] = item.value();
+std::vector<NamedTensor> NamedTensorsOf(torch::nn::Module& module) {
+  std::vector<NamedTensor> tensors;
+  for (const auto& item : module.named_parameters()) tensors.push_back({item.key(), item.value()});
+  for (const auto& item : module.named_buffers()) tensors.push_back({item.key(), item.value()});
+  return tensors;
+}
+
+absl::Status LoadNamedTensors(const std::vector<NamedTensor>& tensors, torch::nn::Module& model,
+                              const std::vector<std::string>& skip_prefixes) {
+  std::unordered_map<std::string, torch::Tensor> targets;
+  for (const NamedTensor& t : NamedTensorsOf(model)) targets[t.name] = t.tensor;
   std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
-  auto check = [&](const std::string& name, const torch::Tensor& value) -> absl::Status {
-    auto it = target_tensors.find(name);
-    if (it == target_tensors.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has no place in the model"));
+  for (const NamedTensor& t : tensors) {
+    if (std::any_of(skip_prefixes.begin(), skip_prefixes.end(),
+                    [&](const std::string& p) { return absl::StartsWith(t.name, p); })) {
+      continue;
     }
-    if (it->second.sizes() != value.sizes()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", name, "' has shape ", c10::str(value.sizes()), ", the model expects ",
-                       c10::str(it->second.sizes())));
+    auto it = targets.find(t.name);
+    if (it == targets.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has no place in the model"));
     }
-    copies.emplace_back(it->second, value);
-    return absl::OkStatus();
-  };
-  for (const auto& item : source.named_parameters()) {
-    if (auto status = check(item.key(), item.value()); !status.ok()) return status;
-  }
-  for (const auto& item : source.named_buffers()) {
-    if (auto status = check(item.key(), item.value()); !status.ok()) return status;
+    if (it->second.sizes() != t.tensor.sizes()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has shape ",
+                                                     c10::str(t.tensor.sizes()),
+                                                     ", the model expects ",
+                                                     c10::str(it->second.sizes())));
+    }
+    copies.emplace_back(it->second, t.tensor);
   }
   torch::NoGradGuard no_grad;
   for (auto& [to, from] : copies) to.copy_(from);
   return absl::OkStatus();
+}
+
+absl::Status CopyNamedTensors(torch::nn::Module& source, torch::nn::Module& target) {
+  return LoadNamedTensors(NamedTensorsOf(source), target);
 }
 
 void SetTrainableBlocks(BlockModelImpl& model, const std::vector<int64_t>& blocks,

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/safetensors.h"
 
 namespace offsite {
 
@@ -89,10 +90,17 @@ absl::StatusOr<SplitPlan> PlanSplit(int64_t num_blocks, int64_t bottom, int64_t 
 // mean((teacher - student)^2) / mean(teacher^2); teacher carries no gradient.
 torch::Tensor NormalisedMse(const torch::Tensor& student, const torch::Tensor& teacher);
 
-// Copies every tensor of `source` into the tensor of the same name in `target`
-// (parameters and buffers). Names of `source` missing from `target`, or shapes
-// that differ, are InvalidArgument and leave `target` untouched. Used to build
-// an emulator from a full model and to plug an adapter into the full model.
+// Every parameter and buffer of `module` by its dotted name.
+std::vector<NamedTensor> NamedTensorsOf(torch::nn::Module& module);
+
+// Copies the named tensors into `model`'s tensors of the same names.
+// InvalidArgument (model untouched) for a name the model lacks or a shape that
+// differs; names in `skip_prefixes` are ignored. Builds an emulator from a full
+// model and plugs an adapter into the full model.
+absl::Status LoadNamedTensors(const std::vector<NamedTensor>& tensors, torch::nn::Module& model,
+                              const std::vector<std::string>& skip_prefixes = {});
+
+// LoadNamedTensors of every tensor of `source` into `target`.
 absl::Status CopyNamedTensors(torch::nn::Module& source, torch::nn::Module& target);
 
 // Freezes every parameter, then unfreezes those of the given blocks (and, with

@@ -22,13 +22,6 @@
 namespace offsite {
 namespace {
 
-std::vector<NamedTensor> NamedTensorsOf(torch::nn::Module& module) {
-  std::vector<NamedTensor> tensors;
-  for (const auto& item : module.named_parameters()) tensors.push_back({item.key(), item.value()});
-  for (const auto& item : module.named_buffers()) tensors.push_back({item.key(), item.value()});
-  return tensors;
-}
-
 std::string DtypeName(const torch::Tensor& t) {
   switch (t.scalar_type()) {
     case torch::kFloat: return "F32";
@@ -206,30 +199,6 @@ absl::StatusOr<SafetensorsFile> ModelToFile(const v1::ModelArch& arch, BlockMode
   file.metadata[kMetaFormat] = "model";
   file.metadata[kMetaArch] = TextFormat(arch);
   return file;
-}
-
-absl::Status LoadNamedTensors(const std::vector<NamedTensor>& tensors, torch::nn::Module& model,
-                              const std::vector<std::string>& skip_prefixes) {
-  std::unordered_map<std::string, torch::Tensor> targets;
-  for (const NamedTensor& t : NamedTensorsOf(model)) targets[t.name] = t.tensor;
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
-  for (const NamedTensor& t : tensors) {
-    if (HasPrefix(t.name, skip_prefixes)) continue;
-    auto it = targets.find(t.name);
-    if (it == targets.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has no place in the model"));
-    }
-    if (it->second.sizes() != t.tensor.sizes()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has shape ",
-                                                     ShapeString(t.tensor.sizes()),
-                                                     ", the model expects ",
-                                                     ShapeString(it->second.sizes())));
-    }
-    copies.emplace_back(it->second, t.tensor);
-  }
-  torch::NoGradGuard no_grad;
-  for (auto& [to, from] : copies) to.copy_(from);
-  return absl::OkStatus();
 }
 
 absl::StatusOr<LoadedModel> ModelFromFile(const SafetensorsFile& file) {

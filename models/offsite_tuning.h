@@ -44,12 +44,6 @@ struct LoadedModel {
 // InvalidArgument naming the tensor for a missing, extra or misshapen tensor.
 absl::StatusOr<LoadedModel> ModelFromFile(const SafetensorsFile& file);
 
-// Copies the named tensors into `model`'s tensors of the same names.
-// InvalidArgument (model untouched) for a name the model lacks or a shape that
-// differs; names in `skip_prefixes` are ignored.
-absl::Status LoadNamedTensors(const std::vector<NamedTensor>& tensors, torch::nn::Module& model,
-                              const std::vector<std::string>& skip_prefixes = {});
-
 // What the package is for, beyond the split.
 struct PackageOptions {
   std::string package_id;

@@ -181,22 +181,27 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
     // The distillation's task loss needs the model's own head: with a new
     // (random) head only the boundary loss means anything.
     if (spec.num_classes() > 0) options.task_weight = 0;
-    // Distil with the model's head (the emulator's may be new).
-    OFFSITE_ASSIGN_OR_RETURN(Emulator teacher_headed,
-                             MakeEmulator(full.arch, *full.model, *plan, 0, spec.seed()));
+    // Distil with the model's own head: a package with a new head gets a
+    // second emulator for that, and the distilled middle blocks afterwards.
+    Emulator distilled = emulator;
+    if (spec.num_classes() > 0) {
+      OFFSITE_ASSIGN_OR_RETURN(distilled,
+                               MakeEmulator(full.arch, *full.model, *plan, 0, spec.seed()));
+    }
     absl::StatusOr<TrainResult> result =
-        DistillEmulator(*full.model, *teacher_headed.model, *plan, data, options,
+        DistillEmulator(*full.model, *distilled.model, *plan, data, options,
                         ReportTo(ctx, "distill", options.train.steps));
     OFFSITE_RETURN_IF_ERROR(Cancelled(result.status()));
     metrics["distill_best_step"] = static_cast<double>(result->best_step);
     metrics["distill_best_valid_loss"] = result->best.loss;
-    // Carry the distilled middle blocks over.
-    std::vector<NamedTensor> middle;
-    for (const auto& item : teacher_headed.model->named_parameters()) {
-      const int64_t block = BlockIndexOfName(*teacher_headed.model, item.key());
-      if (block >= 0 && !plan->IsAdapter(block)) middle.push_back({item.key(), item.value()});
+    if (distilled.model != emulator.model) {
+      std::vector<NamedTensor> middle;
+      for (const NamedTensor& t : NamedTensorsOf(*distilled.model)) {
+        const int64_t block = BlockIndexOfName(*distilled.model, t.name);
+        if (block >= 0 && !plan->IsAdapter(block)) middle.push_back(t);
+      }
+      OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(middle, *emulator.model));
     }
-    OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(middle, *emulator.model));
   }
   if (spec.has_task_eval() && spec.num_classes() == 0) {
     // Zero-shot rows of the paper's table: only meaningful with the model's own head.
@@ -273,8 +278,7 @@ absl::Status PluginEvalJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) co
   OFFSITE_ASSIGN_OR_RETURN(LoadedModel registered, LoadModelArtifact(*artifacts_, model));
   OFFSITE_ASSIGN_OR_RETURN(std::shared_ptr<BlockModelImpl> full,
                            MakeBlockModel(package.manifest().arch()));
-  std::vector<NamedTensor> base;
-  for (const auto& item : registered.model->named_parameters()) base.push_back({item.key(), item.value()});
+  const std::vector<NamedTensor> base = NamedTensorsOf(*registered.model);
   const bool new_head = registered.arch.num_classes() != package.manifest().arch().num_classes() ||
                         std::any_of(package.manifest().tensors().begin(),
                                     package.manifest().tensors().end(), [&](const v1::TensorInfo& t) {

@@ -134,8 +134,7 @@ int Run(const Args& args) {
   if (new_head) task_arch.set_num_classes(static_cast<int32_t>(new_head));
   torch::manual_seed(args.seed + 2);
   auto fine_tuned = MakeBlockModel(task_arch).value();
-  std::vector<NamedTensor> base;
-  for (const auto& item : full->named_parameters()) base.push_back({item.key(), item.value()});
+  const std::vector<NamedTensor> base = NamedTensorsOf(*full);
   const std::vector<std::string> head =
       new_head ? fine_tuned->HeadPrefixes() : std::vector<std::string>{};
   (void)LoadNamedTensors(base, *fine_tuned, head);
