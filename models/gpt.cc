@@ -30,6 +30,12 @@ absl::Status CheckPresentBlocks(const GptConfig& config,
   return absl::OkStatus();
 }
 
+int64_t EmbedDim(const GptConfig& config) {
+  return config.embed_dim > 0 ? config.embed_dim : config.n_embd;
+}
+
+bool HasFinalNorm(const GptConfig& config) { return config.final_norm && !config.post_ln; }
+
 void InitLinear(LoraLinearImpl& linear, double std) {
   linear.weight.normal_(0.0, std);
   if (linear.bias.defined()) linear.bias.zero_();
@@ -51,6 +57,10 @@ absl::Status ValidateGptConfig(const GptConfig& config) {
     return FieldError("n_head",
                       absl::StrCat(config.n_head, " heads do not divide n_embd ", config.n_embd));
   }
+  if (config.embed_dim < 0) {
+    return FieldError("embed_dim", absl::StrCat("must be positive or 0 (n_embd), got ",
+                                                config.embed_dim));
+  }
   if (!(config.layer_norm_epsilon > 0)) {
     return FieldError("layer_norm_epsilon",
                       absl::StrCat("must be positive, got ", config.layer_norm_epsilon));
@@ -68,10 +78,14 @@ absl::Status ValidateGptConfig(const GptConfig& config) {
 
 int64_t GptParameterCount(const GptConfig& config) {
   const int64_t c = config.n_embd;
+  const int64_t e = EmbedDim(config);
+  const int64_t projections = e != c ? 2 * e * c : 0;
+  const int64_t final_norm = HasFinalNorm(config) ? 2 * c : 0;
   // ln_1 2C, c_attn 3C^2 + 3C, attn.c_proj C^2 + C, ln_2 2C, c_fc 4C^2 + 4C,
   // mlp.c_proj 4C^2 + C.
   const int64_t block = 12 * c * c + 13 * c;
-  return config.vocab_size * c + config.n_positions * c + config.n_layer * block + 2 * c;
+  return config.vocab_size * e + projections + config.n_positions * c + config.n_layer * block +
+         final_norm;
 }
 
 GptAttentionImpl::GptAttentionImpl(int64_t n_embd, int64_t n_head, double dropout)
@@ -128,7 +142,7 @@ torch::Tensor GptMlpImpl::forward(const torch::Tensor& x) {
   return dropout_(c_proj(a));
 }
 
-GptBlockImpl::GptBlockImpl(const GptConfig& config) {
+GptBlockImpl::GptBlockImpl(const GptConfig& config) : post_ln_(config.post_ln) {
   auto norm_options = [&] {
     return torch::nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon);
   };
@@ -139,6 +153,10 @@ GptBlockImpl::GptBlockImpl(const GptConfig& config) {
 }
 
 torch::Tensor GptBlockImpl::forward(const torch::Tensor& x) {
+  if (post_ln_) {
+    const torch::Tensor h = ln_1(x + attn(x));
+    return ln_2(h + mlp(h));
+  }
   const torch::Tensor h = x + attn(ln_1(x));
   return h + mlp(ln_2(h));
 }
@@ -150,8 +168,17 @@ GptImpl::GptImpl(GptConfig config, std::optional<std::vector<int64_t>> present_b
   const absl::Status blocks_status = CheckPresentBlocks(config_, present_blocks);
   TORCH_CHECK(blocks_status.ok(), blocks_status.ToString());
 
-  wte = register_module("wte", torch::nn::Embedding(config_.vocab_size, config_.n_embd));
+  const int64_t embed_dim = EmbedDim(config_);
+  wte = register_module("wte", torch::nn::Embedding(config_.vocab_size, embed_dim));
   wpe = register_module("wpe", torch::nn::Embedding(config_.n_positions, config_.n_embd));
+  if (embed_dim != config_.n_embd) {
+    project_in = register_module(
+        "project_in",
+        torch::nn::Linear(torch::nn::LinearOptions(embed_dim, config_.n_embd).bias(false)));
+    project_out = register_module(
+        "project_out",
+        torch::nn::Linear(torch::nn::LinearOptions(config_.n_embd, embed_dim).bias(false)));
+  }
   drop_ = register_module("drop", torch::nn::Dropout(config_.dropout));
 
   // A plain holder rather than a ModuleList, so that absent blocks leave gaps
@@ -165,9 +192,11 @@ GptImpl::GptImpl(GptConfig config, std::optional<std::vector<int64_t>> present_b
     blocks_.push_back(present[k] ? GptBlock(config_) : GptBlock(nullptr));
     if (present[k]) h->register_module(std::to_string(k), blocks_.back());
   }
-  ln_f = register_module(
-      "ln_f", torch::nn::LayerNorm(
-                  torch::nn::LayerNormOptions({config_.n_embd}).eps(config_.layer_norm_epsilon)));
+  if (HasFinalNorm(config_)) {
+    ln_f = register_module(
+        "ln_f", torch::nn::LayerNorm(
+                    torch::nn::LayerNormOptions({config_.n_embd}).eps(config_.layer_norm_epsilon)));
+  }
 
   // GPT-2's initialisation; LayerNorm keeps its own 1 / 0.
   torch::NoGradGuard no_grad;
@@ -175,6 +204,10 @@ GptImpl::GptImpl(GptConfig config, std::optional<std::vector<int64_t>> present_b
   const double proj_std = kStd / std::sqrt(2.0 * static_cast<double>(config_.n_layer));
   wte->weight.normal_(0.0, kStd);
   wpe->weight.normal_(0.0, kStd);
+  if (project_in) {
+    project_in->weight.normal_(0.0, kStd);
+    project_out->weight.normal_(0.0, kStd);
+  }
   for (GptBlock& block : blocks_) {
     if (block.is_empty()) continue;
     InitLinear(*block->attn->c_attn, kStd);
@@ -195,7 +228,9 @@ torch::Tensor GptImpl::Embed(const torch::Tensor& ids) {
               " tokens is longer than the model's context of n_positions = ", config_.n_positions);
   const torch::Tensor positions =
       torch::arange(t, torch::TensorOptions().dtype(torch::kLong).device(ids.device()));
-  return drop_(wte(ids) + wpe(positions));
+  torch::Tensor tokens = wte(ids);
+  if (project_in) tokens = project_in(tokens);
+  return drop_(tokens + wpe(positions));
 }
 
 torch::Tensor GptImpl::RunBlocks(torch::Tensor hidden, int64_t begin, int64_t end) {
@@ -208,7 +243,9 @@ torch::Tensor GptImpl::RunBlocks(torch::Tensor hidden, int64_t begin, int64_t en
 }
 
 torch::Tensor GptImpl::Head(const torch::Tensor& hidden) {
-  return torch::nn::functional::linear(ln_f(hidden), wte->weight);
+  torch::Tensor x = ln_f ? ln_f(hidden) : hidden;
+  if (project_out) x = project_out(x);
+  return torch::nn::functional::linear(x, wte->weight);
 }
 
 absl::StatusOr<Gpt> MakeGpt(const GptConfig& config,

@@ -33,6 +33,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
@@ -59,13 +60,21 @@ struct GptConfig {
   // MLP activation: "gelu_new" (GELU, tanh approximation: GPT-2), "gelu"
   // (exact GELU) or "relu" (OPT).
   std::string activation = "gelu_new";
+  // OPT-350m's variants. post_ln: x = ln_1(x + attn(x)); x = ln_2(x + mlp(x))
+  // (LayerNorm after each residual add), and no ln_f. embed_dim > 0 and !=
+  // n_embd: wte is (vocab, embed_dim), "project_in" (embed_dim -> n_embd, no
+  // bias) follows it and "project_out" (n_embd -> embed_dim, no bias) precedes
+  // the tied head. final_norm = false drops ln_f (implied by post_ln).
+  bool post_ln = false;
+  int64_t embed_dim = 0;
+  bool final_norm = true;
 };
 
 // OK, or InvalidArgument naming the offending field ("GptConfig.n_head: ...").
 absl::Status ValidateGptConfig(const GptConfig& config);
 
 // Number of parameters of the full network `config` describes (all n_layer
-// blocks, no LoRA), from the config alone:
+// blocks, no LoRA), from the config alone; for the default variant
 //   vocab*C + n_positions*C + n_layer*(12C^2 + 13C) + 2C.
 int64_t GptParameterCount(const GptConfig& config);
 
@@ -104,7 +113,8 @@ class GptMlpImpl : public torch::nn::Module {
 };
 TORCH_MODULE(GptMlp);
 
-// One pre-LN block: x + attn(ln_1(x)), then + mlp(ln_2(x)). Shape-preserving.
+// One pre-LN block: x + attn(ln_1(x)), then + mlp(ln_2(x)); or with
+// config.post_ln, ln_1(x + attn(x)), then ln_2(h + mlp(h)). Shape-preserving.
 class GptBlockImpl : public torch::nn::Module {
  public:
   explicit GptBlockImpl(const GptConfig& config);
@@ -115,12 +125,16 @@ class GptBlockImpl : public torch::nn::Module {
   GptAttention attn{nullptr};
   torch::nn::LayerNorm ln_2{nullptr};
   GptMlp mlp{nullptr};
+
+ private:
+  bool post_ln_ = false;
 };
 TORCH_MODULE(GptBlock);
 
 // The network. As a BlockModelImpl: Embed takes token ids (N, T) int64 to
 // wte + wpe (then dropout), (N, T, C); RunBlocks runs the GPT blocks; Head is
-// ln_f and the tied projection to logits (N, T, vocab_size).
+// ln_f and the tied projection to logits (N, T, vocab_size). (With
+// embed_dim: project_in(wte) + wpe, and project_out before the projection.)
 //
 // A network may hold only some of its blocks (`present_blocks`, e.g. an
 // Offsite-Tuning emulator): absent ones are skipped and the present ones keep
@@ -147,7 +161,8 @@ class GptImpl : public BlockModelImpl {
   // Blocks [begin, end) on (N, T, C), skipping absent ones;
   // 0 <= begin <= end <= n_layer.
   torch::Tensor RunBlocks(torch::Tensor hidden, int64_t begin, int64_t end) override;
-  // (N, T, C) -> logits (N, T, vocab_size): ln_f, then hidden @ wte.weight^T.
+  // (N, T, C) -> logits (N, T, vocab_size): ln_f (unless post_ln or
+  // !final_norm), project_out (with embed_dim), then @ wte.weight^T.
   torch::Tensor Head(const torch::Tensor& hidden) override;
 
   const GptConfig& config() const { return config_; }
@@ -156,7 +171,9 @@ class GptImpl : public BlockModelImpl {
 
   torch::nn::Embedding wte{nullptr};
   torch::nn::Embedding wpe{nullptr};
-  torch::nn::LayerNorm ln_f{nullptr};
+  torch::nn::LayerNorm ln_f{nullptr};         // Null without a final norm.
+  torch::nn::Linear project_in{nullptr};      // Null unless embed_dim != n_embd.
+  torch::nn::Linear project_out{nullptr};
 
  private:
   GptConfig config_;

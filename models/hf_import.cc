@@ -269,11 +269,18 @@ Plan Gpt2Plan(int64_t vocab, int64_t positions, int64_t c, int64_t layers) {
 // OPT's learned positions start at row 2 (fairseq's padding offset).
 constexpr int64_t kOptPositionOffset = 2;
 
-Plan OptPlan(int64_t vocab, int64_t positions, int64_t c, int64_t layers) {
+// `embed` is word_embed_proj_dim: when it differs from c the embeddings are
+// projected in and out (OPT-350m); `final_norm` whether the decoder has one.
+Plan OptPlan(int64_t vocab, int64_t positions, int64_t c, int64_t layers, int64_t embed,
+             bool final_norm) {
   Plan plan;
   plan.prefix = "model.";
   plan.top_level = {"lm_head."};
-  plan.Copy("wte.weight", "decoder.embed_tokens.weight", {vocab, c});
+  plan.Copy("wte.weight", "decoder.embed_tokens.weight", {vocab, embed});
+  if (embed != c) {
+    plan.Copy("project_in.weight", "decoder.project_in.weight", {c, embed});
+    plan.Copy("project_out.weight", "decoder.project_out.weight", {embed, c});
+  }
   plan.targets.push_back({"wpe.weight",
                           Op::kDropRows,
                           {{"decoder.embed_positions.weight", {positions + kOptPositionOffset, c}}},
@@ -297,7 +304,7 @@ Plan OptPlan(int64_t vocab, int64_t positions, int64_t c, int64_t layers) {
     plan.Linear(h + "mlp.c_fc", l + "fc1", 4 * c, c);
     plan.Linear(h + "mlp.c_proj", l + "fc2", c, 4 * c);
   }
-  plan.Norm("ln_f", "decoder.final_layer_norm", c);
+  if (final_norm) plan.Norm("ln_f", "decoder.final_layer_norm", c);
   plan.tied_head = "lm_head.weight";
   plan.tied_to = "decoder.embed_tokens.weight";
   return plan;
@@ -522,16 +529,9 @@ absl::StatusOr<FamilyImport> OptImport(const HfConfig& config) {
   OFFSITE_ASSIGN_OR_RETURN(bool affine, config.Bool("layer_norm_elementwise_affine", true));
   OFFSITE_ASSIGN_OR_RETURN(bool no_final_norm, config.Bool("_remove_final_layer_norm", false));
   OFFSITE_ASSIGN_OR_RETURN(std::string act, config.String("activation_function", "relu"));
-  if (!pre_ln) {
-    return Unsupported(family, "do_layer_norm_before false (post-LN, as OPT-350m)");
-  }
-  if (proj_dim != c) {
-    return Unsupported(family, absl::StrCat("word_embed_proj_dim ", proj_dim, " != hidden_size ", c,
-                                            " (project_in / project_out, as OPT-350m)"));
-  }
+  OFFSITE_RETURN_IF_ERROR(CheckInt32("word_embed_proj_dim", proj_dim));
   if (!bias) return Unsupported(family, "enable_bias false");
   if (!affine) return Unsupported(family, "layer_norm_elementwise_affine false");
-  if (no_final_norm) return Unsupported(family, "_remove_final_layer_norm true");
   if (ffn != 4 * c) {
     return Unsupported(
         family,
@@ -546,7 +546,12 @@ absl::StatusOr<FamilyImport> OptImport(const HfConfig& config) {
                                        {"num_hidden_layers", layers},
                                        {"num_attention_heads", heads}}},
                                      activation));
-  out.plan = OptPlan(vocab, positions, c, layers);
+  // As Hugging Face's OPTDecoder: post-LN (OPT-350m) has no final LayerNorm.
+  const bool final_norm = pre_ln && !no_final_norm;
+  out.arch.mutable_gpt()->set_post_ln(!pre_ln);
+  out.arch.mutable_gpt()->set_no_final_norm(pre_ln && no_final_norm);
+  if (proj_dim != c) out.arch.mutable_gpt()->set_embed_dim(static_cast<int32_t>(proj_dim));
+  out.plan = OptPlan(vocab, positions, c, layers, proj_dim, final_norm);
   return out;
 }
 

@@ -49,6 +49,9 @@ absl::StatusOr<GptConfig> ResolveGptArch(const v1::GptArch& arch) {
   if (arch.n_layer()) config.n_layer = arch.n_layer();
   if (arch.n_head()) config.n_head = arch.n_head();
   if (!arch.activation().empty()) config.activation = arch.activation();
+  config.post_ln = arch.post_ln();
+  config.embed_dim = arch.embed_dim();
+  config.final_norm = !arch.no_final_norm();
   OFFSITE_RETURN_IF_ERROR(ValidateGptConfig(config));
   return config;
 }

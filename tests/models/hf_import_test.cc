@@ -101,18 +101,30 @@ def opt(w, cfg, ids):
     act = ACTIVATIONS[cfg.get("activation_function", "relu")]
     lin = lambda x, p: F.linear(x, w[p + ".weight"], w[p + ".bias"])
     ln = lambda x, p: F.layer_norm(x, (c,), w[p + ".weight"], w[p + ".bias"], 1e-5)
+    pre = cfg.get("do_layer_norm_before", True)  # False: post-LN (OPT-350m)
     mask = torch.ones(ids.shape, dtype=torch.long)
     positions = (torch.cumsum(mask, dim=1) * mask - 1) + 2  # OPTLearnedPositionalEmbedding
-    x = w["decoder.embed_tokens.weight"][ids] + w["decoder.embed_positions.weight"][positions]
+    x = w["decoder.embed_tokens.weight"][ids]
+    if cfg.get("word_embed_proj_dim", c) != c:
+        x = F.linear(x, w["decoder.project_in.weight"])
+    x = x + w["decoder.embed_positions.weight"][positions]
     for i in range(cfg["num_hidden_layers"]):
         l = "decoder.layers.%d." % i
-        h = ln(x, l + "self_attn_layer_norm")
+        h = ln(x, l + "self_attn_layer_norm") if pre else x
         q = lin(h, l + "self_attn.q_proj") * (c // heads) ** -0.5
         a = causal_attention(q, lin(h, l + "self_attn.k_proj"), lin(h, l + "self_attn.v_proj"),
                              heads, 1.0)
         x = x + lin(a, l + "self_attn.out_proj")
-        x = x + lin(act(lin(ln(x, l + "final_layer_norm"), l + "fc1")), l + "fc2")
-    x = ln(x, "decoder.final_layer_norm")
+        if not pre:
+            x = ln(x, l + "self_attn_layer_norm")
+        h = ln(x, l + "final_layer_norm") if pre else x
+        x = x + lin(act(lin(h, l + "fc1")), l + "fc2")
+        if not pre:
+            x = ln(x, l + "final_layer_norm")
+    if pre and not cfg.get("_remove_final_layer_norm", False):
+        x = ln(x, "decoder.final_layer_norm")
+    if cfg.get("word_embed_proj_dim", c) != c:
+        x = F.linear(x, w["decoder.project_out.weight"])
     return x @ w.get("lm_head.weight", w["decoder.embed_tokens.weight"]).T
 
 def convnextv2(w, cfg, images):
@@ -295,12 +307,17 @@ std::string OptConfig(const Json& overrides = Json::object()) {
                 overrides);
 }
 
-// OPTForCausalLM's state dict.
-Checkpoint OptCheckpoint() {
+// OPTForCausalLM's state dict. `embed_dim` other than kWidth: OPT-350m's
+// project_in / project_out; `final_norm`: whether the decoder has one.
+Checkpoint OptCheckpoint(int64_t embed_dim = kWidth, bool final_norm = true) {
   torch::manual_seed(2);
   Checkpoint ckpt;
   const int64_t c = kWidth;
-  ckpt.Add("model.decoder.embed_tokens.weight", {kVocab, c});
+  ckpt.Add("model.decoder.embed_tokens.weight", {kVocab, embed_dim});
+  if (embed_dim != c) {
+    ckpt.Add("model.decoder.project_in.weight", {c, embed_dim});
+    ckpt.Add("model.decoder.project_out.weight", {embed_dim, c});
+  }
   ckpt.Add("model.decoder.embed_positions.weight", {kPositions + 2, c});
   for (int64_t i = 0; i < kLayers; ++i) {
     const std::string l = "model.decoder.layers." + std::to_string(i) + ".";
@@ -313,7 +330,7 @@ Checkpoint OptCheckpoint() {
     ckpt.Linear(l + "fc2", c, 4 * c);
     ckpt.Norm(l + "final_layer_norm", c);
   }
-  ckpt.Norm("model.decoder.final_layer_norm", c);
+  if (final_norm) ckpt.Norm("model.decoder.final_layer_norm", c);
   ckpt.file.tensors.push_back(
       {"lm_head.weight", ckpt.Get("model.decoder.embed_tokens.weight").clone()});
   return ckpt;
@@ -475,6 +492,29 @@ TEST_F(HfImportReferenceTest, OptInBfloat16WithDecoderNamesMatchesReference) {
   ExpectClose(ours, ReferenceLogits("opt", OptConfig(), ckpt.file, ids, {2, 11, kVocab}));
 }
 
+TEST_F(HfImportReferenceTest, Opt350mShapedPostLnWithProjectionsMatchesReference) {
+  // OPT-350m: post-LN, no final LayerNorm, a narrower embedding (here 16 of
+  // 32) projected in and out.
+  const std::string config =
+      OptConfig({{"do_layer_norm_before", false}, {"word_embed_proj_dim", 16}});
+  const Checkpoint ckpt = OptCheckpoint(16, /*final_norm=*/false);
+  const torch::Tensor ids = TokenIds();
+  const torch::Tensor ours = OffsiteLogits(HfFamily::kOpt, config, ckpt.file, ids);
+  ExpectClose(ours, ReferenceLogits("opt", config, ckpt.file, ids, {2, 11, kVocab}));
+  absl::StatusOr<ImportedModel> imported = ImportHfCheckpoint(HfFamily::kOpt, config, ckpt.file);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_TRUE(imported->arch.gpt().post_ln());
+  EXPECT_EQ(imported->arch.gpt().embed_dim(), 16);
+}
+
+TEST_F(HfImportReferenceTest, OptWithoutFinalNormMatchesReference) {
+  const std::string config = OptConfig({{"_remove_final_layer_norm", true}});
+  const Checkpoint ckpt = OptCheckpoint(kWidth, /*final_norm=*/false);
+  const torch::Tensor ids = TokenIds();
+  const torch::Tensor ours = OffsiteLogits(HfFamily::kOpt, config, ckpt.file, ids);
+  ExpectClose(ours, ReferenceLogits("opt", config, ckpt.file, ids, {2, 11, kVocab}));
+}
+
 TEST_F(HfImportReferenceTest, ConvNextV2LogitsMatchReference) {
   const Checkpoint ckpt = ConvNextV2Checkpoint();
   torch::manual_seed(8);
@@ -604,14 +644,15 @@ TEST(HfImportTest, UntiedLmHeadIsRefused) {
               HasSubstr("lm_head.weight differs from transformer.wte.weight"));
 }
 
-TEST(HfImportTest, PostLayerNormOptIsRefused) {
-  // OPT-350m: post-LN and a 512-wide embedding projected in and out.
-  EXPECT_THAT(ImportError(HfFamily::kOpt, OptConfig({{"do_layer_norm_before", false}}),
-                          OptCheckpoint().file),
-              HasSubstr("do_layer_norm_before false (post-LN"));
+TEST(HfImportTest, OptProjectionsMustBeInTheCheckpoint) {
+  // The config asks for OPT-350m's projections; a checkpoint without them is
+  // named, tensor by tensor.
   EXPECT_THAT(
       ImportError(HfFamily::kOpt, OptConfig({{"word_embed_proj_dim", 16}}), OptCheckpoint().file),
-      HasSubstr("word_embed_proj_dim 16 != hidden_size 32"));
+      HasSubstr("decoder.project_in.weight"));
+  EXPECT_THAT(ImportError(HfFamily::kOpt, OptConfig({{"word_embed_proj_dim", 0}}),
+                          OptCheckpoint().file),
+              HasSubstr("\"word_embed_proj_dim\" must be a positive"));
   EXPECT_THAT(
       ImportError(HfFamily::kOpt, OptConfig({{"enable_bias", false}}), OptCheckpoint().file),
       HasSubstr("enable_bias false"));
