@@ -31,10 +31,6 @@ constexpr char kUsage[] =
     "offsite models import --family gpt2|opt|convnextv2 DIR [--name NAME] [--description TEXT] "
     "[--output FILE]";
 
-std::string JoinPath(const std::string& dir, const std::string& name) {
-  return !dir.empty() && dir.back() == '/' ? dir + name : absl::StrCat(dir, "/", name);
-}
-
 std::string BaseName(std::string path) {
   while (path.size() > 1 && path.back() == '/') path.pop_back();
   const size_t slash = path.rfind('/');
@@ -167,17 +163,11 @@ absl::StatusOr<SafetensorsFile> ConvertHfCheckpointDir(HfFamily family, const st
   OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file,
                            ImportHfModelFile(family, config, weights, tokenizer));
   weights.tensors.clear();  // Memory back before the check builds a second model.
-  // The file must load as any model file does (the server will check it too).
-  OFFSITE_ASSIGN_OR_RETURN(LoadedModel loaded, ModelFromFile(file));
-  if (!tokenizer.empty()) {
-    OFFSITE_ASSIGN_OR_RETURN(
-        BpeTokenizer bpe,
-        BpeTokenizer::FromStrings(tokenizer[kMetaTokenizerVocab], tokenizer[kMetaTokenizerMerges]));
-    if (bpe.vocab_size() > loaded.arch.gpt().vocab_size()) {
-      return absl::InvalidArgumentError(absl::StrCat(dir, "/vocab.json has ", bpe.vocab_size(),
-                                                     " tokens, more than the model's vocab_size ",
-                                                     loaded.arch.gpt().vocab_size()));
-    }
+  // The file must load as any model file does (the server will check it too),
+  // its tokenizer included: one that does not fit the model is refused here.
+  absl::StatusOr<LoadedModel> loaded = ModelFromFile(file);
+  if (!loaded.ok()) {
+    return absl::Status(loaded.status().code(), absl::StrCat(dir, ": ", loaded.status().message()));
   }
   return file;
 }

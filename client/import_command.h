@@ -11,7 +11,8 @@
 // DIR holds config.json and either model.safetensors or the shards that
 // model.safetensors.index.json lists. For gpt2 and opt, a vocab.json +
 // merges.txt pair in DIR is checked (common/bpe_tokenizer.h) and kept in the
-// model file's metadata (kMetaTokenizerVocab / kMetaTokenizerMerges).
+// model file's metadata (kMetaTokenizerVocab / kMetaTokenizerMerges of
+// models/offsite_tuning.h), so every later step tokenizes text with it.
 
 #include <string>
 #include <vector>
@@ -21,10 +22,6 @@
 #include "models/hf_import.h"
 
 namespace offsite {
-
-// Metadata keys holding an imported tokenizer's files, verbatim.
-inline constexpr char kMetaTokenizerVocab[] = "offsite.tokenizer.vocab_json";
-inline constexpr char kMetaTokenizerMerges[] = "offsite.tokenizer.merges_txt";
 
 // The checkpoint's tensors from DIR/model.safetensors, or from every shard
 // DIR/model.safetensors.index.json names (its "weight_map" must agree with

@@ -24,11 +24,6 @@ namespace {
 constexpr double kLanguageModelLearningRate = 1e-4;
 constexpr double kVisionLearningRate = 1e-3;
 
-std::string JoinPath(const std::string& dir, const std::string& name) {
-  if (dir.empty()) return name;
-  return dir.back() == '/' ? dir + name : absl::StrCat(dir, "/", name);
-}
-
 // The data must be of the package's kind; checked before any data is read.
 absl::Status CheckDataFitsTask(const v1::PackageManifest& manifest, const v1::ModelArch& arch,
                                const v1::TaskData& data) {
@@ -128,7 +123,8 @@ absl::StatusOr<LocalTuneReport> TuneLocallyOrThrow(const LocalTuneOptions& optio
   // The data, checked against the package's task.
   OFFSITE_RETURN_IF_ERROR(CheckDataFitsTask(manifest, arch, options.data));
   const int64_t context = arch.has_gpt() ? arch.gpt().n_positions() : 0;
-  OFFSITE_ASSIGN_OR_RETURN(TaskTensors data, LoadTaskData(options.data, context, device, "data"));
+  OFFSITE_ASSIGN_OR_RETURN(TaskTensors data, LoadTaskData(options.data, context, device, "data",
+                                                                opened->text_encoder));
   if (!data.language) OFFSITE_RETURN_IF_ERROR(CheckImagesFitModel(manifest, arch, data));
   model.to(device);
 
@@ -136,6 +132,7 @@ absl::StatusOr<LocalTuneReport> TuneLocallyOrThrow(const LocalTuneOptions& optio
   report.package_id = manifest.package_id();
   report.model = manifest.model();
   report.task = manifest.task();
+  if (data.language) report.tokenizer = opened->text_encoder.name;
   report.split =
       absl::StrCat(manifest.bottom(), "-", manifest.emulator_blocks_size(), "-", manifest.top());
   report.train_size = data.language ? data.train_input.numel() : data.train_input.size(0);
@@ -322,6 +319,7 @@ std::string LocalTuneReportJson(const LocalTuneReport& report) {
       .String("model", report.model)
       .String("task", report.task)
       .String("split", report.split)
+      .String("tokenizer", report.tokenizer)
       .Object("emulator_zero_shot", EvaluationJson(report.emulator_zero_shot, language))
       .Object("ot_emulator", EvaluationJson(report.ot_emulator, language))
       .Number("best_step", static_cast<double>(report.best_step))

@@ -86,6 +86,9 @@ struct LocalTuneReport {
   std::string task;  // "classification" or "language_modeling"
   // The split as "bottom-emulator-top" blocks, e.g. "1-1-1".
   std::string split;
+  // Language models: how text was tokenized, the package's own tokenizer
+  // ("bytes", or "BPE (50257 tokens)" for an imported GPT-2).
+  std::string tokenizer;
 
   // Resolved options.
   int64_t steps = 0;

@@ -52,10 +52,6 @@ absl::StatusOr<CliArgs> ParseArgs(const std::vector<std::string>& words) {
   return CliArgs::Parse(rest, kSwitches);
 }
 
-std::string JoinPath(const std::string& dir, const std::string& name) {
-  return !dir.empty() && dir.back() == '/' ? dir + name : absl::StrCat(dir, "/", name);
-}
-
 std::string FormatTimeMs(int64_t ms) {
   if (ms == 0) return "-";
   return absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(ms), absl::LocalTimeZone());
@@ -554,7 +550,8 @@ int OffsiteTune(const CliArgs& args) {
     std::cerr << "package " << plan.package_id << " (" << plan.model << ", split " << plan.split
               << ", " << plan.task << "), verified\n"
               << "data: " << plan.train_size << (language ? " train tokens, " : " train images, ")
-              << plan.validation_size << (language ? " validation tokens\n" : " test images\n")
+              << plan.validation_size << (language ? " validation tokens" : " test images")
+              << (language ? " (tokenizer: " + plan.tokenizer + ")\n" : "\n")
               << "tuning " << Count(plan.trainable_parameters) << " parameters"
               << (plan.tune.lora ? " (LoRA)" : "")
               << (plan.tune.top_only ? " (top adapter only)" : "") << ": " << plan.steps

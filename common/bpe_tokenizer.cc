@@ -635,6 +635,13 @@ std::vector<int64_t> BpeTokenizer::Encode(absl::string_view text) const {
   return ids;
 }
 
+std::optional<int64_t> BpeTokenizer::TokenId(absl::string_view bytes) const {
+  for (size_t id = 0; id < token_bytes_.size(); ++id) {
+    if (token_bytes_[id] == bytes) return static_cast<int64_t>(id);
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<std::string> BpeTokenizer::Decode(const std::vector<int64_t>& ids) const {
   std::string text;
   for (size_t i = 0; i < ids.size(); ++i) {

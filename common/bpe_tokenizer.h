@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -62,6 +63,10 @@ class BpeTokenizer {
 
   // Number of tokens; ids are 0..vocab_size()-1.
   int64_t vocab_size() const { return static_cast<int64_t>(token_bytes_.size()); }
+
+  // The id of the token that stands for exactly `bytes`, e.g. a special token
+  // such as "<|endoftext|>" that Encode never produces; nullopt if none.
+  std::optional<int64_t> TokenId(absl::string_view bytes) const;
 
   // Splits `text` into the pieces GPT-2's pattern (above) matches; the pieces
   // concatenate to `text`. Follows Python's `regex` module: \p{L} and \p{N} are

@@ -59,10 +59,6 @@ absl::Status OpenSslInternal(absl::string_view what) {
   return absl::InternalError(absl::StrCat(what, ": ", OpenSslErrors()));
 }
 
-std::string JoinPath(const std::string& dir, absl::string_view file) {
-  return absl::StrCat(dir, "/", file);
-}
-
 absl::Status ValidateClientName(const std::string& name) {
   bool valid = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
     return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';

@@ -29,6 +29,10 @@ absl::Status WriteFileAtomic(const std::string& path, std::string_view data, mod
 // the umask). OK if `path` is already a directory.
 absl::Status MakeDirs(const std::string& path, mode_t mode = 0755);
 
+// `dir` + "/" + `name`, without doubling a "/" that ends `dir`; `name` alone
+// when `dir` is empty.
+std::string JoinPath(const std::string& dir, const std::string& name);
+
 // True if `path` names anything (file, directory, ...) that stat() can see.
 bool FileExists(const std::string& path);
 

@@ -42,7 +42,8 @@ absl::Status ValidateTaskData(const v1::TaskData& data, const std::string& field
 }
 
 absl::StatusOr<TaskTensors> LoadTaskData(const v1::TaskData& data, int64_t context,
-                                         torch::Device device, const std::string& field) {
+                                         torch::Device device, const std::string& field,
+                                         const DocumentEncoder& encoder) {
   OFFSITE_RETURN_IF_ERROR(ValidateTaskData(data, field));
   TaskTensors task;
   if (data.has_images()) {
@@ -60,7 +61,7 @@ absl::StatusOr<TaskTensors> LoadTaskData(const v1::TaskData& data, int64_t conte
   OFFSITE_RETURN_IF_ERROR(WithField(documents.status(), field + ".text.path"));
   const double fraction =
       text.validation_fraction() > 0 ? text.validation_fraction() : kDefaultValidationFraction;
-  absl::StatusOr<TokenSplits> splits = TokenizeDocuments(*documents, fraction, text.seed());
+  absl::StatusOr<TokenSplits> splits = TokenizeDocuments(*documents, fraction, text.seed(), encoder);
   OFFSITE_RETURN_IF_ERROR(WithField(splits.status(), field + ".text"));
   if (splits->train.numel() <= context || splits->validation.numel() < 2) {
     return absl::InvalidArgumentError(absl::StrCat(

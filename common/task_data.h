@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/text_data.h"
 #include "offsite/v1/offsite_tuning.pb.h"
 
 namespace offsite {
@@ -27,10 +28,12 @@ struct TaskTensors {
 };
 
 // Loads `data` (images: train split for training, test split for validation;
-// text: the document split of TextData). `context` is the language model's
-// window. Errors name `field` and the offending value or file.
+// text: the document split of TextData, tokenized by `encoder`, the model's
+// own tokenizer). `context` is the language model's window. Errors name
+// `field` and the offending value or file.
 absl::StatusOr<TaskTensors> LoadTaskData(const v1::TaskData& data, int64_t context,
-                                         torch::Device device, const std::string& field);
+                                         torch::Device device, const std::string& field,
+                                         const DocumentEncoder& encoder = DocumentEncoder());
 
 // InvalidArgument naming the field, without reading any data.
 absl::Status ValidateTaskData(const v1::TaskData& data, const std::string& field);

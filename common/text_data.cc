@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <memory>
 #include <numeric>
+#include <optional>
 #include <system_error>
 #include <utility>
 
@@ -15,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/bpe_tokenizer.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 
@@ -65,12 +68,12 @@ bool SkippedInDirectory(const std::string& name) {
 }
 
 torch::Tensor EncodeAll(const std::vector<std::string>& documents,
-                        const std::vector<size_t>& order) {
+                        const std::vector<size_t>& order, const DocumentEncoder& encoder) {
   std::vector<int64_t> ids;
   for (size_t index : order) {
-    const std::vector<int64_t> doc = ByteTokenizer::Encode(documents[index]);
+    const std::vector<int64_t> doc = encoder.encode(documents[index]);
     ids.insert(ids.end(), doc.begin(), doc.end());
-    ids.push_back(ByteTokenizer::kEndOfText);
+    ids.push_back(encoder.end_of_text);
   }
   return torch::tensor(ids, torch::kLong);
 }
@@ -156,8 +159,27 @@ absl::StatusOr<std::vector<std::string>> ReadTextDocuments(const std::string& pa
   return documents;
 }
 
+absl::StatusOr<DocumentEncoder> BpeDocumentEncoder(absl::string_view vocab_json,
+                                                   absl::string_view merges_txt) {
+  OFFSITE_ASSIGN_OR_RETURN(BpeTokenizer bpe, BpeTokenizer::FromStrings(vocab_json, merges_txt));
+  auto tokenizer = std::make_shared<const BpeTokenizer>(std::move(bpe));
+  std::optional<int64_t> end = tokenizer->TokenId(kEndOfTextText);
+  if (!end) end = tokenizer->TokenId("</s>");
+  if (!end) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "vocab.json: no end-of-text token (\"", kEndOfTextText, "\" or \"</s>\")"));
+  }
+  DocumentEncoder encoder;
+  encoder.encode = [tokenizer](absl::string_view text) { return tokenizer->Encode(text); };
+  encoder.end_of_text = *end;
+  encoder.vocab_size = tokenizer->vocab_size();
+  encoder.name = absl::StrCat("BPE (", encoder.vocab_size, " tokens)");
+  return encoder;
+}
+
 absl::StatusOr<TokenSplits> TokenizeDocuments(const std::vector<std::string>& documents,
-                                              double validation_fraction, uint64_t seed) {
+                                              double validation_fraction, uint64_t seed,
+                                              const DocumentEncoder& encoder) {
   if (!(validation_fraction > 0 && validation_fraction < 1)) {
     return absl::InvalidArgumentError(
         absl::StrCat("validation_fraction must be in (0, 1), got ", validation_fraction));
@@ -179,9 +201,9 @@ absl::StatusOr<TokenSplits> TokenizeDocuments(const std::vector<std::string>& do
 
   TokenSplits splits;
   splits.validation =
-      EncodeAll(documents, std::vector<size_t>(order.begin(), order.begin() + n_validation));
+      EncodeAll(documents, std::vector<size_t>(order.begin(), order.begin() + n_validation), encoder);
   splits.train =
-      EncodeAll(documents, std::vector<size_t>(order.begin() + n_validation, order.end()));
+      EncodeAll(documents, std::vector<size_t>(order.begin() + n_validation, order.end()), encoder);
   return splits;
 }
 

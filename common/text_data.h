@@ -17,6 +17,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -46,6 +47,22 @@ class ByteTokenizer {
   static absl::StatusOr<std::string> Decode(const torch::Tensor& ids);
 };
 
+// How documents become token ids: the tokenizer's encode function and the id
+// that ends each document. Bytes by default; an imported GPT-2 or OPT reads
+// its own BPE (BpeDocumentEncoder). Cheap to copy.
+struct DocumentEncoder {
+  std::function<std::vector<int64_t>(absl::string_view)> encode = &ByteTokenizer::Encode;
+  int64_t end_of_text = ByteTokenizer::kEndOfText;
+  int64_t vocab_size = ByteTokenizer::kVocabSize;
+  std::string name = "bytes";  // For messages, e.g. "bytes" or "BPE (50257 tokens)".
+};
+
+// The BPE of a checkpoint's vocab.json and merges.txt (common/bpe_tokenizer.h),
+// ending documents with its "<|endoftext|>" (GPT-2) or else "</s>" (OPT).
+// InvalidArgument if the files do not load or hold neither token.
+absl::StatusOr<DocumentEncoder> BpeDocumentEncoder(absl::string_view vocab_json,
+                                                   absl::string_view merges_txt);
+
 // Documents of a fortune file (Debian's `fortunes` package,
 // /usr/share/games/fortunes/<collection>): entries separated by lines holding
 // only "%". Each entry is its lines joined by "\n" (no trailing newline);
@@ -67,8 +84,8 @@ absl::StatusOr<std::vector<std::string>> ReadFortunes(const std::string& path);
 // directory must hold at least one (else InvalidArgument).
 absl::StatusOr<std::vector<std::string>> ReadTextDocuments(const std::string& path);
 
-// Token streams of a document-level split: 1-D int64 tensors of ByteTokenizer
-// ids, each document's bytes followed by kEndOfText.
+// Token streams of a document-level split: 1-D int64 tensors of the
+// encoder's ids, each document's tokens followed by its end_of_text.
 struct TokenSplits {
   torch::Tensor train;
   torch::Tensor validation;
@@ -80,7 +97,8 @@ struct TokenSplits {
 // split in that shuffled order. InvalidArgument if validation_fraction is not
 // in (0, 1) or either split would get no document.
 absl::StatusOr<TokenSplits> TokenizeDocuments(const std::vector<std::string>& documents,
-                                              double validation_fraction, uint64_t seed);
+                                              double validation_fraction, uint64_t seed,
+                                              const DocumentEncoder& encoder = DocumentEncoder());
 
 // `batch` windows of context + 1 consecutive tokens of the 1-D `stream`, each
 // starting at a uniformly drawn position: (batch, context + 1) int64, on the

@@ -201,6 +201,45 @@ absl::StatusOr<SafetensorsFile> ModelToFile(const v1::ModelArch& arch, BlockMode
   return file;
 }
 
+absl::StatusOr<DocumentEncoder> DocumentEncoderOf(const SafetensorsFile& file,
+                                                  const v1::ModelArch& arch) {
+  DocumentEncoder encoder;
+  const auto vocab = file.metadata.find(kMetaTokenizerVocab);
+  const auto merges = file.metadata.find(kMetaTokenizerMerges);
+  if (vocab != file.metadata.end() || merges != file.metadata.end()) {
+    if (vocab == file.metadata.end() || merges == file.metadata.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("metadata has only one of '",
+                                                     kMetaTokenizerVocab, "' and '",
+                                                     kMetaTokenizerMerges, "'"));
+    }
+    absl::StatusOr<DocumentEncoder> bpe = BpeDocumentEncoder(vocab->second, merges->second);
+    if (!bpe.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the file's tokenizer metadata: ", bpe.status().message()));
+    }
+    encoder = *std::move(bpe);
+  }
+  // Only a BPE is checked here: a model of fewer than 257 tokens and no
+  // tokenizer (e.g. a test's) still loads, as it always did.
+  const int64_t model_vocab =
+      arch.gpt().vocab_size() > 0 ? arch.gpt().vocab_size() : ByteTokenizer::kVocabSize;
+  if (arch.has_gpt() && vocab != file.metadata.end() && model_vocab < encoder.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("the model's vocabulary (", model_vocab,
+                                                   " tokens) is smaller than its tokenizer, ",
+                                                   encoder.name));
+  }
+  return encoder;
+}
+
+std::map<std::string, std::string> TokenizerMetadata(const SafetensorsFile& file) {
+  std::map<std::string, std::string> entries;
+  for (const char* key : {kMetaTokenizerVocab, kMetaTokenizerMerges}) {
+    auto it = file.metadata.find(key);
+    if (it != file.metadata.end()) entries[key] = it->second;
+  }
+  return entries;
+}
+
 absl::StatusOr<LoadedModel> ModelFromFile(const SafetensorsFile& file) {
   OFFSITE_RETURN_IF_ERROR(CheckFormat(file, "model"));
   LoadedModel loaded;
@@ -214,6 +253,8 @@ absl::StatusOr<LoadedModel> ModelFromFile(const SafetensorsFile& file) {
     }
   }
   OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(file.tensors, *loaded.model));
+  OFFSITE_ASSIGN_OR_RETURN(loaded.text_encoder, DocumentEncoderOf(file, loaded.arch));
+  loaded.tokenizer_files = TokenizerMetadata(file);
   return loaded;
 }
 
@@ -281,6 +322,7 @@ absl::StatusOr<SafetensorsFile> MakePackageFile(const Emulator& emulator, const 
     info->set_role(role);
     file.tensors.push_back({t.name, value});
   }
+  file.metadata = options.tokenizer_files;
   file.metadata[kMetaFormat] = "package";
   file.metadata[kMetaPackageId] = options.package_id;
   file.metadata[kMetaManifest] = TextFormat(*manifest);
@@ -326,6 +368,7 @@ absl::StatusOr<OpenedPackage> OpenPackage(const SafetensorsFile& file) {
     return absl::InvalidArgumentError("package tensors do not cover the emulator's tensors");
   }
   OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(file.tensors, *package.emulator));
+  OFFSITE_ASSIGN_OR_RETURN(package.text_encoder, DocumentEncoderOf(file, package.manifest.arch()));
   return package;
 }
 
@@ -395,6 +438,23 @@ absl::Status CheckAdapter(const v1::PackageManifest& manifest, const Safetensors
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<BlockModelImpl>> PlugIn(BlockModelImpl& base,
+                                                       const v1::PackageManifest& manifest,
+                                                       const SafetensorsFile& adapter) {
+  OFFSITE_RETURN_IF_ERROR(CheckAdapter(manifest, adapter));
+  OFFSITE_ASSIGN_OR_RETURN(std::shared_ptr<BlockModelImpl> full, MakeBlockModel(manifest.arch()));
+  // A package with a new head lists the head's tensors among the ADAPTER ones.
+  const bool new_head = std::any_of(
+      manifest.tensors().begin(), manifest.tensors().end(), [&](const v1::TensorInfo& t) {
+        return t.role() == v1::TensorInfo::ADAPTER && BlockIndexOfName(*full, t.name()) < 0;
+      });
+  OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(
+      NamedTensorsOf(base), *full, new_head ? full->HeadPrefixes() : std::vector<std::string>{}));
+  OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(adapter.tensors, *full));
+  full->to(base.parameters().front().device());
+  return full;
 }
 
 void PrepareForTuning(const v1::PackageManifest& manifest, BlockModelImpl& model,

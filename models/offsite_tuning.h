@@ -23,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
 #include "common/task_data.h"
+#include "common/text_data.h"
 #include "models/block_model.h"
 #include "offsite/v1/offsite_tuning.pb.h"
 
@@ -33,6 +34,19 @@ inline constexpr char kMetaFormat[] = "offsite.format";  // "model", "package", 
 inline constexpr char kMetaArch[] = "offsite.arch";      // text-format ModelArch
 inline constexpr char kMetaManifest[] = "offsite.manifest";  // text-format PackageManifest
 inline constexpr char kMetaPackageId[] = "offsite.package_id";
+// An imported language model's tokenizer files, verbatim (vocab.json and
+// merges.txt); a model without them reads bytes. Packages carry them on, so the
+// data owner tokenizes exactly as the model owner.
+inline constexpr char kMetaTokenizerVocab[] = "offsite.tokenizer.vocab_json";
+inline constexpr char kMetaTokenizerMerges[] = "offsite.tokenizer.merges_txt";
+
+// The tokenizer of a model or package file of architecture `arch`: the BPE of
+// its tokenizer metadata, else bytes. InvalidArgument if the metadata's
+// tokenizer does not load or has more tokens than the model's vocabulary.
+absl::StatusOr<DocumentEncoder> DocumentEncoderOf(const SafetensorsFile& file,
+                                                  const v1::ModelArch& arch);
+// The tokenizer metadata entries of `file` (none for a byte-level model).
+std::map<std::string, std::string> TokenizerMetadata(const SafetensorsFile& file);
 
 // A model file: every tensor by name, the architecture in the metadata.
 absl::StatusOr<SafetensorsFile> ModelToFile(const v1::ModelArch& arch, BlockModelImpl& model);
@@ -40,6 +54,8 @@ absl::StatusOr<SafetensorsFile> ModelToFile(const v1::ModelArch& arch, BlockMode
 struct LoadedModel {
   v1::ModelArch arch;
   std::shared_ptr<BlockModelImpl> model;
+  DocumentEncoder text_encoder;                         // See DocumentEncoderOf.
+  std::map<std::string, std::string> tokenizer_files;  // See TokenizerMetadata.
 };
 // InvalidArgument naming the tensor for a missing, extra or misshapen tensor.
 absl::StatusOr<LoadedModel> ModelFromFile(const SafetensorsFile& file);
@@ -51,6 +67,8 @@ struct PackageOptions {
   // Classification: a head of this many classes, freshly initialised and
   // trained by the data owner; 0 keeps the model's head, frozen.
   int64_t new_head_classes = 0;
+  // The model's tokenizer metadata (LoadedModel::tokenizer_files), carried on.
+  std::map<std::string, std::string> tokenizer_files;
 };
 
 // The emulator a package holds, built from `full`: adapter and kept middle
@@ -75,6 +93,7 @@ absl::StatusOr<SafetensorsFile> MakePackageFile(const Emulator& emulator, const 
 struct OpenedPackage {
   v1::PackageManifest manifest;
   std::shared_ptr<BlockModelImpl> emulator;
+  DocumentEncoder text_encoder;  // The model's tokenizer (DocumentEncoderOf).
 };
 absl::StatusOr<OpenedPackage> OpenPackage(const SafetensorsFile& file);
 
@@ -86,6 +105,14 @@ absl::StatusOr<SafetensorsFile> ExtractAdapter(const v1::PackageManifest& manife
 // tensors with the issued shapes and dtypes, all finite. InvalidArgument
 // naming the tensor otherwise.
 absl::Status CheckAdapter(const v1::PackageManifest& manifest, const SafetensorsFile& adapter);
+
+// The full model with a data owner's adapter plugged in: a copy of `base` (the
+// model the package was made from) in the package's architecture, whose head
+// is the adapter's when the package issued a new one, then the adapter's
+// tensors. The adapter is checked first (CheckAdapter).
+absl::StatusOr<std::shared_ptr<BlockModelImpl>> PlugIn(BlockModelImpl& base,
+                                                       const v1::PackageManifest& manifest,
+                                                       const SafetensorsFile& adapter);
 
 // Makes the model the data owner trains: sets requires_grad on the ADAPTER
 // tensors only (with `top_only`, the top adapter and head only), LoRA on the

@@ -166,7 +166,8 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   const v1::DistillSpec& distill = spec.distill();
   if (distill.steps() > 0) {
     OFFSITE_ASSIGN_OR_RETURN(TaskTensors data,
-                             LoadTaskData(distill.data(), Context(full.arch), device, "distill.data"));
+                             LoadTaskData(distill.data(), Context(full.arch), device, "distill.data",
+                                          full.text_encoder));
     DistillOptions options;
     options.train.steps = distill.steps();
     options.train.batch_size = distill.batch_size() ? distill.batch_size() : 32;
@@ -206,7 +207,8 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   if (spec.has_task_eval() && spec.num_classes() == 0) {
     // Zero-shot rows of the paper's table: only meaningful with the model's own head.
     OFFSITE_ASSIGN_OR_RETURN(TaskTensors eval_data,
-                             LoadTaskData(spec.task_eval(), Context(full.arch), device, "task_eval"));
+                             LoadTaskData(spec.task_eval(), Context(full.arch), device, "task_eval",
+                                          full.text_encoder));
     AddEvaluation(Evaluate(*full.model, eval_data, kEvalBatch), "full_zero_shot_", metrics);
     AddEvaluation(Evaluate(*emulator.model, eval_data, kEvalBatch), "emulator_zero_shot_", metrics);
   }
@@ -214,6 +216,7 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   options.package_id = NewId("pkg");
   options.model_name = spec.model();
   options.new_head_classes = spec.num_classes();
+  options.tokenizer_files = full.tokenizer_files;
   v1::PackageManifest manifest;
   OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file,
                            MakePackageFile(emulator, *plan, options, &manifest));
@@ -267,27 +270,16 @@ absl::Status PluginEvalJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) co
   OFFSITE_ASSIGN_OR_RETURN(v1::Artifact adapter_artifact, artifacts_->Get(adapter.artifact_id()));
   OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile adapter_file,
                            ReadSafetensors(artifacts_->BlobPath(adapter_artifact.sha256())));
-  // Checked again: the upload was checked at push time, this is the server's
-  // own defence before the full model runs it.
-  OFFSITE_RETURN_IF_ERROR(CheckAdapter(package.manifest(), adapter_file));
   if (!package.has_task_eval()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "package ", package.id(), " has no task_eval data to evaluate the plug-in on"));
   }
-  // The full model with the package's head shape, then the adapter on top.
+  // PlugIn checks the adapter again: the upload was checked at push time,
+  // this is the server's own defence before the full model runs it.
   OFFSITE_ASSIGN_OR_RETURN(LoadedModel registered, LoadModelArtifact(*artifacts_, model));
   OFFSITE_ASSIGN_OR_RETURN(std::shared_ptr<BlockModelImpl> full,
-                           MakeBlockModel(package.manifest().arch()));
-  const std::vector<NamedTensor> base = NamedTensorsOf(*registered.model);
-  const bool new_head = registered.arch.num_classes() != package.manifest().arch().num_classes() ||
-                        std::any_of(package.manifest().tensors().begin(),
-                                    package.manifest().tensors().end(), [&](const v1::TensorInfo& t) {
-                                      return t.role() == v1::TensorInfo::ADAPTER &&
-                                             BlockIndexOfName(*full, t.name()) < 0;
-                                    });
-  OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(
-      base, *full, new_head ? full->HeadPrefixes() : std::vector<std::string>{}));
-  OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(adapter_file.tensors, *full));
+                           PlugIn(*registered.model, package.manifest(), adapter_file));
+  registered.model.reset();
   full->to(device);
   OFFSITE_ASSIGN_OR_RETURN(v1::Artifact package_artifact, artifacts_->Get(package.artifact_id()));
   OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile package_file,
@@ -298,7 +290,7 @@ absl::Status PluginEvalJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) co
   ctx.ReportProgress("evaluate", 0, 2);
   OFFSITE_ASSIGN_OR_RETURN(TaskTensors data,
                            LoadTaskData(package.task_eval(), Context(package.manifest().arch()),
-                                        device, "task_eval"));
+                                        device, "task_eval", opened.text_encoder));
   std::map<std::string, double> metrics;
   AddEvaluation(Evaluate(*full, data, kEvalBatch), "plugin_", metrics);
   ctx.ReportProgress("evaluate", 1, 2);

@@ -192,9 +192,7 @@ int Run(const Args& args) {
     std::printf("| %s OT emulator (emulator + tuned adapter) | %.2f |\n", name.c_str(),
                 Figure(Evaluate(*opened.emulator, user, 64), language));
     SafetensorsFile adapter = ExtractAdapter(opened.manifest, *opened.emulator).value();
-    auto plugged = MakeBlockModel(task_arch).value();
-    (void)LoadNamedTensors(base, *plugged, head);
-    (void)LoadNamedTensors(adapter.tensors, *plugged);
+    auto plugged = PlugIn(*full, opened.manifest, adapter).value();
     std::printf("| %s OT plug-in (full model + tuned adapter) | %.2f |\n", name.c_str(),
                 Figure(Evaluate(*plugged, user, 64), language));
     std::fflush(stdout);

@@ -19,6 +19,8 @@
 #include "client/cli_args.h"
 #include "common/safetensors.h"
 #include "models/offsite_tuning.h"
+#include "tests/util/bpe_files.h"
+#include "tests/util/hf_checkpoint.h"
 
 namespace offsite {
 namespace {
@@ -60,65 +62,14 @@ void WriteText(const std::string& path, const std::string& text) {
 
 // GPT2Model tensors (no "transformer." prefix, as the original gpt2 files).
 SafetensorsFile Gpt2Weights() {
-  torch::manual_seed(5);
-  SafetensorsFile file;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
-    file.tensors.push_back({name, torch::randn(shape) * 0.2});
-  };
-  const int64_t c = kWidth;
-  add("wte.weight", {kVocab, c});
-  add("wpe.weight", {8, c});
-  for (int i = 0; i < 2; ++i) {
-    const std::string h = absl::StrCat("h.", i, ".");
-    for (const char* norm : {"ln_1", "ln_2"}) {
-      add(absl::StrCat(h, norm, ".weight"), {c});
-      add(absl::StrCat(h, norm, ".bias"), {c});
-    }
-    add(h + "attn.c_attn.weight", {c, 3 * c});
-    add(h + "attn.c_attn.bias", {3 * c});
-    add(h + "attn.c_proj.weight", {c, c});
-    add(h + "attn.c_proj.bias", {c});
-    add(h + "mlp.c_fc.weight", {c, 4 * c});
-    add(h + "mlp.c_fc.bias", {4 * c});
-    add(h + "mlp.c_proj.weight", {4 * c, c});
-    add(h + "mlp.c_proj.bias", {c});
-  }
-  add("ln_f.weight", {c});
-  add("ln_f.bias", {c});
-  return file;
+  testutil::Gpt2Sizes sizes;
+  sizes.vocab = kVocab;
+  sizes.width = kWidth;
+  return testutil::RandomGpt2Weights(sizes, 5);
 }
 
-// GPT-2's bytes_to_unicode() symbol for byte `b`, UTF-8 encoded.
-std::string ByteSymbol(int b) {
-  const auto printable = [](int c) {
-    return (c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF);
-  };
-  int cp = b;
-  if (!printable(b)) {
-    cp = 256;
-    for (int c = 0; c < b; ++c) cp += printable(c) ? 0 : 1;
-  }
-  std::string out;
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-  return out;
-}
-
-// 256 byte symbols and "he": 257 tokens.
-std::string VocabJson() {
-  std::vector<std::string> entries;
-  for (int b = 0; b < 256; ++b) {
-    std::string symbol = ByteSymbol(b);
-    if (symbol == "\"" || symbol == "\\") symbol = "\\" + symbol;
-    entries.push_back(absl::StrCat("\"", symbol, "\": ", b));
-  }
-  entries.push_back("\"he\": 256");
-  return absl::StrCat("{", absl::StrJoin(entries, ", "), "}");
-}
+// 256 byte symbols, "he" and GPT-2's end-of-text: 258 tokens.
+std::string VocabJson() { return testutil::ByteLevelVocabJson({"he", "<|endoftext|>"}); }
 
 TEST(ImportCommandTest, ShardedCheckpointWithTokenizerConverts) {
   const ScratchDir scratch;

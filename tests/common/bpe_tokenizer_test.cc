@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "tests/util/bpe_files.h"
 
 namespace offsite {
 namespace {
@@ -21,43 +22,10 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// GPT-2's bytes_to_unicode() symbol for byte `b`, UTF-8 encoded.
-std::string ByteSymbol(int b) {
-  const auto printable = [](int c) {
-    return (c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF);
-  };
-  int cp = b;
-  if (!printable(b)) {
-    cp = 256;
-    for (int c = 0; c < b; ++c) cp += printable(c) ? 0 : 1;
-  }
-  std::string out;
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-  return out;
-}
+using testutil::ByteSymbol;
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  return out + "\"";
-}
-
-// A vocab.json with the 256 byte symbols as ids 0..255 (id == byte), then `extra` from 256.
 std::string VocabJson(const std::vector<std::string>& extra) {
-  std::vector<std::string> entries;
-  for (int b = 0; b < 256; ++b) entries.push_back(absl::StrCat(JsonString(ByteSymbol(b)), ": ", b));
-  for (size_t i = 0; i < extra.size(); ++i) {
-    entries.push_back(absl::StrCat(JsonString(extra[i]), ": ", 256 + i));
-  }
-  return absl::StrCat("{", absl::StrJoin(entries, ", "), "}");
+  return testutil::ByteLevelVocabJson(extra);
 }
 
 constexpr int64_t kGt = 256;    // "Ġt"
@@ -213,6 +181,18 @@ TEST(BpeTokenizerTest, DecodeRejectsUnknownIds) {
   decoded = tokenizer.Decode({kThe, kGthe, ' ', 0xE6, 0x97, 0xA5});
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_EQ(*decoded, "the the 日");
+}
+
+TEST(BpeTokenizerTest, TokenIdFindsSpecialTokensThatEncodeNeverMakes) {
+  absl::StatusOr<BpeTokenizer> tokenizer =
+      BpeTokenizer::FromStrings(VocabJson({"he", "<|endoftext|>"}), "h e\n");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  EXPECT_EQ(tokenizer->TokenId("<|endoftext|>"), 257);
+  EXPECT_EQ(tokenizer->TokenId("he"), 256);
+  EXPECT_EQ(tokenizer->TokenId(" "), ' ');  // The byte itself, not its symbol "Ġ".
+  EXPECT_EQ(tokenizer->TokenId("</s>"), std::nullopt);
+  // Encode splits the special token's text like any other.
+  EXPECT_THAT(tokenizer->Encode("<|endoftext|>"), ::testing::Not(::testing::Contains(257)));
 }
 
 TEST(BpeTokenizerTest, LoadsFilesAndNamesThemInErrors) {

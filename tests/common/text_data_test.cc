@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_split.h"
+#include "tests/util/bpe_files.h"
 
 namespace offsite {
 namespace {
@@ -210,6 +211,40 @@ TEST(TokenizeDocumentsTest, SplitsByDocumentDeterministicallyBySeed) {
   EXPECT_EQ(all, std::set<std::string>(documents.begin(), documents.end()));
   // Shuffled, not the input order.
   EXPECT_NE(train, std::vector<std::string>(documents.begin() + 10, documents.end()));
+}
+
+TEST(TokenizeDocumentsTest, UsesTheEncoderAndItsEndOfText) {
+  absl::StatusOr<DocumentEncoder> bpe =
+      BpeDocumentEncoder(testutil::ByteLevelVocabJson({"he", "<|endoftext|>"}), "h e\n");
+  ASSERT_TRUE(bpe.ok()) << bpe.status();
+  EXPECT_EQ(bpe->end_of_text, 257);
+  EXPECT_EQ(bpe->vocab_size, 258);
+  const absl::StatusOr<TokenSplits> splits =
+      TokenizeDocuments({"the", "he", "hehe", "she"}, 0.5, 3, *bpe);
+  ASSERT_TRUE(splits.ok()) << splits.status();
+  const torch::Tensor all = torch::cat({splits->train, splits->validation});
+  // "the" -> t he, "he" -> he, "hehe" -> he he, "she" -> s he: 4 documents,
+  // 7 tokens and 4 end-of-text ids, with no 'h' or 'e' byte left unmerged.
+  EXPECT_EQ(all.numel(), 11);
+  EXPECT_EQ(all.eq(257).sum().item<int64_t>(), 4);
+  EXPECT_EQ(all.eq(256).sum().item<int64_t>(), 5);
+  EXPECT_EQ(all.eq('h').sum().item<int64_t>(), 0);
+  // The default is bytes, ended by ByteTokenizer::kEndOfText.
+  const absl::StatusOr<TokenSplits> bytes = TokenizeDocuments({"the", "he", "hehe", "she"}, 0.5, 3);
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_EQ(torch::cat({bytes->train, bytes->validation}).numel(), 16);
+}
+
+TEST(BpeDocumentEncoderTest, EndsDocumentsWithOptsTokenOrRefusesWithoutOne) {
+  absl::StatusOr<DocumentEncoder> opt =
+      BpeDocumentEncoder(testutil::ByteLevelVocabJson({"</s>", "he"}), "h e\n");
+  ASSERT_TRUE(opt.ok()) << opt.status();
+  EXPECT_EQ(opt->end_of_text, 256);
+  absl::StatusOr<DocumentEncoder> none =
+      BpeDocumentEncoder(testutil::ByteLevelVocabJson({"he"}), "h e\n");
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(none.status().message(), HasSubstr("end-of-text"));
+  EXPECT_THAT(BpeDocumentEncoder("{}", "").status().message(), HasSubstr("vocab.json"));
 }
 
 TEST(TokenizeDocumentsTest, RefusesAnEmptySplit) {

@@ -18,6 +18,8 @@
 #include "offsite/v1/artifact.grpc.pb.h"
 #include "offsite/v1/job.grpc.pb.h"
 #include "offsite/v1/offsite_tuning.grpc.pb.h"
+#include "tests/util/bpe_files.h"
+#include "tests/util/hf_checkpoint.h"
 #include "tests/util/job_helpers.h"
 #include "tests/util/server_process.h"
 
@@ -206,6 +208,57 @@ TEST_F(OffsiteTuningE2eTest, PullTunePushPlugInRoundTrip) {
   ASSERT_TRUE(offsite_->GetPackage(&owner_get, get, &owner_view).ok());
   auto stolen = DownloadArtifact(*bob_artifacts, owner_view.artifact_id(), tmp_.File("stolen"));
   EXPECT_EQ(stolen.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(OffsiteTuningE2eTest, ImportedGpt2ReadsTextWithItsOwnTokenizerEndToEnd) {
+  // A Hugging Face GPT-2 checkpoint with its BPE files, as a model owner
+  // brings one: imported, packaged, tuned and plugged in like any model.
+  const std::string hf = tmp_.File("hf-gpt2");
+  ASSERT_TRUE(MakeDirs(hf).ok());
+  testutil::Gpt2Sizes sizes;
+  sizes.vocab = 260;
+  sizes.positions = 32;
+  sizes.width = 16;
+  sizes.layers = 4;
+  ASSERT_TRUE(testutil::WriteGpt2CheckpointDir(hf, sizes, 3).ok());
+  ASSERT_TRUE(WriteFileAtomic(hf + "/vocab.json", testutil::ByteLevelVocabJson(
+                                                      {"he", "Ġt", "Ġthe", "<|endoftext|>"}))
+                  .ok());
+  ASSERT_TRUE(WriteFileAtomic(hf + "/merges.txt", "#version: 0.2\nh e\nĠ t\nĠt he\n").ok());
+  CommandResult imported = RunClient(
+      As("owner", {"models", "import", "--family", "gpt2", hf, "--name", "hf-gpt2"}));
+  ASSERT_EQ(imported.exit_code, 0) << imported.err;
+
+  v1::JobSpec build;
+  v1::EmulatorSpec* emulator = build.mutable_emulator();
+  emulator->set_model("hf-gpt2");
+  emulator->set_bottom(1);
+  emulator->set_top(1);
+  emulator->set_emulator_blocks(1);
+  emulator->mutable_distill()->set_steps(4);
+  emulator->mutable_distill()->set_batch_size(4);
+  emulator->mutable_distill()->mutable_data()->mutable_text()->set_path(tmp_.File("public.txt"));
+  emulator->mutable_task_eval()->mutable_text()->set_path(tmp_.File("alice.txt"));
+  const v1::Job built = RunJob(build);
+  ASSERT_EQ(built.state(), v1::SUCCEEDED) << built.error();
+
+  grpc::ClientContext list_context;
+  v1::ListPackagesResponse packages;
+  ASSERT_TRUE(offsite_->ListPackages(&list_context, {}, &packages).ok());
+  ASSERT_EQ(packages.packages_size(), 1);
+  const std::string package_id = packages.packages(0).id();
+  ASSERT_EQ(RunClient(As("owner", {"packages", "grant", package_id, "alice"})).exit_code, 0);
+  const std::string dir = tmp_.File("alice-hf-package");
+  ASSERT_EQ(RunClient(As("alice", {"offsite", "pull", package_id, "-o", dir})).exit_code, 0);
+  // The package brought the tokenizer: Alice's text is read as GPT-2 BPE.
+  CommandResult tune = RunClient(
+      {"offsite", "tune", dir, "--data", tmp_.File("alice.txt"), "--steps", "4", "--batch-size", "4"});
+  ASSERT_EQ(tune.exit_code, 0) << tune.err;
+  EXPECT_THAT(tune.err, HasSubstr("tokenizer: BPE (260 tokens)"));
+  CommandResult push = RunClient(As("alice", {"offsite", "push", dir, "--watch"}),
+                                 std::chrono::seconds(300));
+  ASSERT_EQ(push.exit_code, 0) << push.err << push.out;
+  EXPECT_THAT(push.out + push.err, HasSubstr("plugin_perplexity"));
 }
 
 TEST_F(OffsiteTuningE2eTest, TamperedAdaptersAreRefusedAndChangeNothing) {

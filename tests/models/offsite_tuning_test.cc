@@ -8,6 +8,7 @@
 
 #include "common/sha256.h"
 #include "models/model_arch.h"
+#include "tests/util/bpe_files.h"
 
 namespace offsite {
 namespace {
@@ -107,17 +108,18 @@ TEST(OffsiteTuningTest, UntouchedAdapterPluggedInReproducesTheFullModelExactly) 
     const torch::Tensor before = full->forward(input);
     SafetensorsFile adapter = ExtractAdapter(built.manifest, *built.emulator.model).value();
     ASSERT_TRUE(CheckAdapter(built.manifest, adapter).ok());
-    auto plugged = MakeBlockModel(arch).value();
-    ASSERT_TRUE(CopyNamedTensors(*full, *plugged).ok());
-    // Scramble the adapter blocks first, so the plug-in has to restore them.
+    // Plug into a copy whose adapter blocks are scrambled, so the plug-in has
+    // to restore them.
+    auto base = MakeBlockModel(arch).value();
+    ASSERT_TRUE(CopyNamedTensors(*full, *base).ok());
     {
       torch::NoGradGuard no_grad;
-      for (auto& item : plugged->named_parameters()) {
-        const int64_t b = BlockIndexOfName(*plugged, item.key());
+      for (auto& item : base->named_parameters()) {
+        const int64_t b = BlockIndexOfName(*base, item.key());
         if (b >= 0 && built.plan.IsAdapter(b)) item.value().uniform_();
       }
     }
-    ASSERT_TRUE(LoadNamedTensors(adapter.tensors, *plugged).ok());
+    auto plugged = PlugIn(*base, built.manifest, adapter).value();
     plugged->eval();
     EXPECT_TRUE(torch::equal(plugged->forward(input), before)) << arch.DebugString();
   }
@@ -159,6 +161,47 @@ TEST(OffsiteTuningTest, PackageRoundTripsAndRefusesATamperedTensor) {
   auto tampered = OpenPackage(ParseSafetensors(bytes, "package").value());
   ASSERT_FALSE(tampered.ok());
   EXPECT_THAT(tampered.status().message(), HasSubstr("SHA-256"));
+}
+
+TEST(OffsiteTuningTest, ImportedTokenizerTravelsFromModelToPackage) {
+  v1::ModelArch arch = TinyGpt(4);
+  arch.mutable_gpt()->set_vocab_size(260);
+  auto full = DistinctModel(arch);
+  SafetensorsFile model_file = ModelToFile(arch, *full).value();
+  model_file.metadata[kMetaTokenizerVocab] = testutil::ByteLevelVocabJson({"he", "<|endoftext|>"});
+  model_file.metadata[kMetaTokenizerMerges] = "#version: 0.2\nh e\n";
+  const LoadedModel loaded = ModelFromFile(model_file).value();
+  EXPECT_EQ(loaded.text_encoder.vocab_size, 258);
+  EXPECT_EQ(loaded.text_encoder.end_of_text, 257);
+  EXPECT_THAT(loaded.text_encoder.encode("hehe"), ElementsAre(256, 256));
+
+  const SplitPlan plan = PlanSplit(4, 1, 1, 1).value();
+  const Emulator emulator = MakeEmulator(loaded.arch, *loaded.model, plan, 0, 0).value();
+  PackageOptions options;
+  options.package_id = "pkg-bpe";
+  options.tokenizer_files = loaded.tokenizer_files;
+  v1::PackageManifest manifest;
+  const SafetensorsFile package = MakePackageFile(emulator, plan, options, &manifest).value();
+  const std::string bytes = SerializeSafetensors(package).value();
+  const OpenedPackage opened = OpenPackage(ParseSafetensors(bytes, "package").value()).value();
+  EXPECT_EQ(opened.text_encoder.end_of_text, 257);
+  EXPECT_THAT(opened.text_encoder.encode("the"), ElementsAre('t', 256));
+
+  // A byte-level model reads bytes; a tokenizer larger than the model is refused.
+  EXPECT_EQ(ModelFromFile(ModelToFile(TinyGpt(2), *DistinctModel(TinyGpt(2))).value())
+                .value()
+                .text_encoder.end_of_text,
+            ByteTokenizer::kEndOfText);
+  SafetensorsFile too_big = model_file;
+  too_big.metadata[kMetaTokenizerVocab] = testutil::ByteLevelVocabJson(
+      {"he", "<|endoftext|>", "a1", "a2", "a3"});  // 261 tokens > 260.
+  too_big.metadata[kMetaTokenizerMerges] = "#version: 0.2\nh e\n";
+  absl::StatusOr<LoadedModel> refused = ModelFromFile(too_big);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("vocabulary (260 tokens)"));
+  SafetensorsFile half = model_file;
+  half.metadata.erase(kMetaTokenizerMerges);
+  EXPECT_THAT(ModelFromFile(half).status().message(), HasSubstr(kMetaTokenizerMerges));
 }
 
 TEST(OffsiteTuningTest, CheckAdapterRefusesEveryTampering) {
@@ -212,6 +255,16 @@ TEST(OffsiteTuningTest, NewHeadIsPartOfTheAdapter) {
     }
   }
   EXPECT_EQ(head_adapter, 2);
+
+  // Plugged in, the full model (5 classes) takes the adapter's 3-class head.
+  const SafetensorsFile adapter = ExtractAdapter(built.manifest, *built.emulator.model).value();
+  auto plugged = PlugIn(*full, built.manifest, adapter).value();
+  EXPECT_EQ(plugged->forward(torch::randn({2, 1, 16, 16})).size(1), 3);
+  for (const NamedTensor& t : adapter.tensors) {
+    if (t.name.rfind("head.", 0) == 0) {
+      EXPECT_TRUE(torch::equal(plugged->named_parameters()[t.name], t.tensor)) << t.name;
+    }
+  }
 }
 
 TEST(OffsiteTuningTest, PrepareForTuningTrainsOnlyTheChosenAdapterTensors) {
