@@ -127,6 +127,77 @@ std::vector<Batch> ValidationBatches(const TaskTensors& data, int64_t batch_size
 
 // The step loop Train and DistillEmulator share: AdamW on what requires
 // grad, warm-up + cosine, clipping, validation and best-state tracking.
+// The state RunSteps checkpoints, under plain keys: "step", "tensor<i>" and
+// "best<i>" for the i-th trainable tensor, "optimizer", and the best result.
+void WriteTrainState(int64_t step, const std::vector<torch::Tensor>& trainable,
+                     torch::optim::Optimizer& optimizer,
+                     const std::vector<torch::Tensor>& best_state, const TrainResult& best,
+                     torch::serialize::OutputArchive& archive) {
+  archive.write("step", torch::tensor(step));
+  archive.write("count", torch::tensor(static_cast<int64_t>(trainable.size())));
+  for (size_t i = 0; i < trainable.size(); ++i) {
+    archive.write(absl::StrCat("tensor", i), trainable[i].detach().cpu());
+    archive.write(absl::StrCat("best", i),
+                  (best_state.empty() ? trainable[i].detach() : best_state[i]).cpu());
+  }
+  torch::serialize::OutputArchive optimizer_archive;
+  optimizer.save(optimizer_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.write("best_step", torch::tensor(best.best_step));
+  archive.write("best_figures",
+                torch::tensor(std::vector<double>{best.best.loss, best.best.accuracy,
+                                                  best.best.perplexity,
+                                                  static_cast<double>(best.best.count)},
+                              torch::kDouble));
+}
+
+// Restores what WriteTrainState wrote into the same run's tensors; returns
+// the step it was saved after.
+absl::StatusOr<int64_t> ReadTrainState(torch::serialize::InputArchive& archive,
+                                       std::vector<torch::Tensor>& trainable,
+                                       torch::optim::Optimizer& optimizer,
+                                       std::vector<torch::Tensor>& best_state,
+                                       TrainResult& best) {
+  torch::Tensor step, count, best_step, figures;
+  try {
+    archive.read("step", step);
+    archive.read("count", count);
+    if (count.item<int64_t>() != static_cast<int64_t>(trainable.size())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint holds ", count.item<int64_t>(), " trainable tensors, this run has ",
+          trainable.size(), ": a different model or options"));
+    }
+    torch::NoGradGuard no_grad;
+    best_state.clear();
+    for (size_t i = 0; i < trainable.size(); ++i) {
+      torch::Tensor value, best_value;
+      archive.read(absl::StrCat("tensor", i), value);
+      archive.read(absl::StrCat("best", i), best_value);
+      if (value.sizes() != trainable[i].sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat("checkpoint tensor ", i, " has shape ",
+                                                       ShapeString(value.sizes()), ", expected ",
+                                                       ShapeString(trainable[i].sizes())));
+      }
+      trainable[i].copy_(value);
+      best_state.push_back(best_value.to(trainable[i].device()));
+    }
+    torch::serialize::InputArchive optimizer_archive;
+    archive.read("optimizer", optimizer_archive);
+    optimizer.load(optimizer_archive);
+    archive.read("best_step", best_step);
+    archive.read("best_figures", figures);
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint is not a training state: ", e.what_without_backtrace()));
+  }
+  best.best_step = best_step.item<int64_t>();
+  best.best.loss = figures[0].item<double>();
+  best.best.accuracy = figures[1].item<double>();
+  best.best.perplexity = figures[2].item<double>();
+  best.best.count = static_cast<int64_t>(figures[3].item<double>());
+  return step.item<int64_t>();
+}
+
 absl::StatusOr<TrainResult> RunSteps(torch::nn::Module& model, const TaskTensors& data,
                                      const TrainOptions& options,
                                      const std::function<torch::Tensor(const Batch&)>& loss_fn,
@@ -146,6 +217,19 @@ absl::StatusOr<TrainResult> RunSteps(torch::nn::Module& model, const TaskTensors
   TrainResult result;
   result.best.loss = std::numeric_limits<double>::infinity();
   std::vector<torch::Tensor> best_state;
+  const TrainCheckpoint& checkpoint = options.checkpoint;
+  int64_t first_step = 1;
+  if (checkpoint.load) {
+    torch::serialize::InputArchive archive;
+    const absl::Status loaded = checkpoint.load(archive);
+    if (loaded.ok()) {
+      OFFSITE_ASSIGN_OR_RETURN(first_step, ReadTrainState(archive, trainable, *optimizer,
+                                                          best_state, result));
+      ++first_step;
+    } else if (!absl::IsNotFound(loaded)) {
+      return loaded;
+    }
+  }
   auto evaluate = [&](int64_t step, std::map<std::string, double>& metrics) {
     Evaluation eval = validate();
     for (const auto& [k, v] : eval.AsMetrics("valid_")) metrics[k] = v;
@@ -157,12 +241,12 @@ absl::StatusOr<TrainResult> RunSteps(torch::nn::Module& model, const TaskTensors
       for (const auto& t : trainable) best_state.push_back(t.detach().clone());
     }
   };
-  {
+  if (first_step == 1) {
     std::map<std::string, double> metrics;
     evaluate(0, metrics);
     if (callback && !callback(0, metrics)) return absl::CancelledError("stopped");
   }
-  for (int64_t step = 1; step <= options.steps; ++step) {
+  for (int64_t step = first_step; step <= options.steps; ++step) {
     model.train();
     const double lr = WarmupCosine(step - 1, options.warmup_steps, options.steps,
                                    options.learning_rate, 0.0);
@@ -183,6 +267,11 @@ absl::StatusOr<TrainResult> RunSteps(torch::nn::Module& model, const TaskTensors
       evaluate(step, metrics);
     }
     if (callback && !callback(step, metrics)) return absl::CancelledError("stopped");
+    if (step < options.steps && checkpoint.save && checkpoint.due && checkpoint.due(step)) {
+      torch::serialize::OutputArchive archive;
+      WriteTrainState(step, trainable, *optimizer, best_state, result, archive);
+      OFFSITE_RETURN_IF_ERROR(checkpoint.save(archive));
+    }
   }
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < trainable.size(); ++i) trainable[i].copy_(best_state[i]);

@@ -12,6 +12,7 @@
 // EMULATOR (the kept middle blocks) and SHARED (stem / embeddings, norms) are
 // frozen. The dropped middle blocks are never in a package.
 
+#include <torch/serialize/archive.h>
 #include <torch/types.h>
 
 #include <cstdint>
@@ -144,6 +145,18 @@ struct Evaluation {
 // On the validation split, in eval mode and without gradients.
 Evaluation Evaluate(BlockModelImpl& model, const TaskTensors& data, int64_t batch_size);
 
+// Makes a run resumable. The caller does the I/O: `save` persists the archive
+// it is handed (the whole training state: trainable tensors, optimiser, step,
+// best state so far) after a step when `due(step)` says so; `load` fills an
+// archive with the last saved state, or returns NotFound for a fresh run. A
+// resumed run continues at the next step with the same batches (they depend
+// only on seed and step), so it ends where an uninterrupted one would.
+struct TrainCheckpoint {
+  std::function<bool(int64_t step)> due;
+  std::function<absl::Status(torch::serialize::OutputArchive&)> save;
+  std::function<absl::Status(torch::serialize::InputArchive&)> load;
+};
+
 struct TrainOptions {
   int64_t steps = 1000;
   int64_t batch_size = 32;
@@ -155,6 +168,8 @@ struct TrainOptions {
   // loss is restored at the end.
   int64_t eval_interval = 100;
   uint64_t seed = 0;
+  // Empty functions: no checkpoints.
+  TrainCheckpoint checkpoint;
 };
 
 // Called after every step with that step's metrics (train_loss, lr, and the

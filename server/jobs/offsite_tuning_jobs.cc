@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/checkpoint.h"
 #include "common/file_util.h"
 #include "common/proto_util.h"
 #include "common/safetensors.h"
@@ -19,6 +20,24 @@
 
 namespace offsite {
 namespace {
+
+// Checkpoints a Train / DistillEmulator run in the job's work directory
+// whenever the server's interval elapses, so that a job interrupted by a
+// restart resumes at its last checkpoint rather than from the start.
+TrainCheckpoint JobCheckpoint(JobContext& ctx, const std::string& format) {
+  const std::string path = JoinPath(ctx.work_dir(), format + ".pt");
+  TrainCheckpoint checkpoint;
+  checkpoint.due = [&ctx](int64_t) { return ctx.CheckpointDue(); };
+  checkpoint.save = [path, format](torch::serialize::OutputArchive& archive) {
+    return SaveArchive(archive, format, 1, path);
+  };
+  checkpoint.load = [&ctx, path, format](torch::serialize::InputArchive& archive) {
+    absl::Status loaded = LoadArchive(path, format, 1, &archive);
+    if (loaded.ok()) ctx.Log(absl::StrCat("resuming from checkpoint ", format));
+    return loaded;
+  };
+  return checkpoint;
+}
 
 // Reports every step's metrics and progress; false (stop) once cancelled.
 StepCallback ReportTo(JobContext& ctx, const std::string& phase, int64_t total_steps) {
@@ -103,6 +122,7 @@ absl::Status LmPretrainJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) co
                                            options.steps);
   options.eval_interval = spec.eval_interval() ? spec.eval_interval() : 200;
   options.seed = spec.seed();
+  options.checkpoint = JobCheckpoint(ctx, "lm_pretrain_checkpoint");
   ctx.Log(absl::StrCat("training tokens ", task.train_input.numel(), ", validation tokens ",
                        task.valid_input.numel()));
   absl::StatusOr<TrainResult> result =
@@ -176,6 +196,7 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
     options.train.eval_interval =
         distill.eval_interval() ? distill.eval_interval() : std::max(1, distill.steps() / 10);
     options.train.seed = spec.seed();
+    options.train.checkpoint = JobCheckpoint(ctx, "distill_checkpoint");
     const bool language = full.arch.has_gpt();
     options.task_weight = distill.task_weight() ? distill.task_weight() : (language ? 1.0 : 0.0);
     options.kd_weight = distill.kd_weight() ? distill.kd_weight() : (language ? 30.0 : 1.0);

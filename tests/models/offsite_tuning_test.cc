@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <set>
+#include <sstream>
 
 #include "common/sha256.h"
 #include "models/model_arch.h"
@@ -296,6 +297,73 @@ TEST(OffsiteTuningTest, PrepareForTuningTrainsOnlyTheChosenAdapterTensors) {
     EXPECT_EQ(item.value().requires_grad(), is_lora) << item.key();
   }
   EXPECT_EQ(lora_tensors, 4 * 4 * 2);  // 4 adapter blocks x 4 linears x (A, B)
+}
+
+TEST(OffsiteTuningTest, InterruptedTrainingResumesFromItsCheckpointToTheSameModel) {
+  const v1::ModelArch arch = TinyGpt(2);
+  TaskTensors data;
+  data.language = true;
+  data.context = 16;
+  torch::manual_seed(4);
+  data.train_input = torch::randint(0, 60, {3000}, torch::kLong);
+  data.valid_input = torch::randint(0, 60, {400}, torch::kLong);
+  TrainOptions options;
+  options.steps = 12;
+  options.batch_size = 4;
+  options.warmup_steps = 3;
+  options.eval_interval = 4;
+  options.seed = 9;
+
+  auto uninterrupted = DistinctModel(arch);
+  const TrainResult expected = Train(*uninterrupted, data, options, nullptr).value();
+
+  // The same run, checkpointed every 5 steps in memory and stopped after step 7.
+  std::string saved;
+  TrainOptions interrupted_options = options;
+  interrupted_options.checkpoint.due = [](int64_t step) { return step % 5 == 0; };
+  interrupted_options.checkpoint.save = [&](torch::serialize::OutputArchive& archive) {
+    std::ostringstream out;
+    archive.save_to(out);
+    saved = out.str();
+    return absl::OkStatus();
+  };
+  interrupted_options.checkpoint.load = [&](torch::serialize::InputArchive& archive) {
+    if (saved.empty()) return absl::NotFoundError("no checkpoint");
+    std::istringstream in(saved);
+    archive.load_from(in);
+    return absl::OkStatus();
+  };
+  auto first = DistinctModel(arch);
+  const auto stopped = Train(*first, data, interrupted_options,
+                             [](int64_t step, const std::map<std::string, double>&) {
+                               return step < 7;
+                             });
+  ASSERT_EQ(stopped.status().code(), absl::StatusCode::kCancelled);
+  ASSERT_FALSE(saved.empty());
+
+  // A fresh process: a newly built model resumes at step 6 and ends where
+  // the uninterrupted run did.
+  auto resumed = DistinctModel(arch);
+  std::vector<int64_t> steps_seen;
+  const TrainResult result = Train(*resumed, data, interrupted_options,
+                                   [&](int64_t step, const std::map<std::string, double>&) {
+                                     steps_seen.push_back(step);
+                                     return true;
+                                   })
+                                 .value();
+  EXPECT_EQ(steps_seen.front(), 6);
+  EXPECT_EQ(result.best_step, expected.best_step);
+  EXPECT_DOUBLE_EQ(result.best.loss, expected.best.loss);
+  const auto want = uninterrupted->named_parameters();
+  for (const auto& item : resumed->named_parameters()) {
+    EXPECT_TRUE(torch::allclose(item.value(), want[item.key()], 1e-6, 1e-7)) << item.key();
+  }
+
+  // A checkpoint of another model is refused, not half-loaded.
+  auto other = DistinctModel(TinyGpt(3));
+  const auto refused = Train(*other, data, interrupted_options, nullptr);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("trainable tensors"));
 }
 
 TEST(OffsiteTuningTest, DistillationTrainsOnlyTheKeptMiddleAndLowersItsLoss) {
