@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Checks the deployment files against each other and against the built binaries.
 
-  deploy/check-deploy.py --server build/server/offsite-server [--client build/client/offsite]
+  deploy/check-deploy.py --server build/server/offsite-server --worker build/worker/offsite-worker
+                         [--client build/client/offsite]
 
 Static checks (always):
   - every Kubernetes YAML parses and has apiVersion, kind, metadata.name;
@@ -13,17 +14,25 @@ Static checks (always):
     and its environment file) is a flag of the built binary (`--helpfull`);
     the probes' flags are flags of deploy/grpc-health-check.py;
   - the container port == the Services' port == the --listen port == the probes' port;
+  - the worker Deployment: every --flag is a flag of the built offsite-worker, the
+    command is offsite-worker-launch (installed by the Dockerfile), --server names
+    the server's Service and port, --ca/--cert/--key come from a read-only Secret
+    mount, --work_dir is a writable mount, --rendezvous_address's port is a
+    container port, the access ConfigMap lists a WORKER, resources, non-root;
   - the Dockerfile: Debian 12 stages, runs install-deps.sh and build.sh, its files
     exist, EXPOSE == the --listen port, VOLUME == --data_dir, non-root USER, an
-    entrypoint that applies env.sh, the probe command installed;
-  - the systemd unit: User=, StateDirectory= == --data_dir, Restart=on-failure,
-    KillSignal=SIGTERM, ExecStart through the env.sh launcher; `systemd-analyze
-    verify` when present; `kubectl apply --dry-run=client` when it works offline.
+    entrypoint that applies env.sh, the probe command and the worker installed;
+  - the systemd units: User=, StateDirectory= == --data_dir (server) or --work_dir
+    (worker), Restart=on-failure, KillSignal=SIGTERM, ExecStart through the env.sh
+    launcher with flags of the right binary; `systemd-analyze verify` when present;
+    `kubectl apply --dry-run=client` when it works offline.
 Live checks (with --client): start the server through the launcher with the exact
 flags of the StatefulSet, the Dockerfile CMD and the systemd unit (paths moved into
 a temporary directory, port 0), run the manifest's health probe (needs
 python3-grpcio; skipped with a note otherwise) and `offsite jobs list` as the owner,
-then SIGTERM and expect a clean exit.
+then SIGTERM and expect a clean exit. With --worker too: start offsite-worker through
+its launcher with the Deployment's flags against a live server (certificate of role
+worker), wait until it serves, then SIGTERM and expect a clean exit.
 
 Every failure names the file and the field. Exit 0 when all checks pass.
 """
@@ -65,7 +74,7 @@ def check(condition, where, message):
 # ---------------------------------------------------------------- flags
 
 
-def binary_flags(binary):
+def binary_flags(binary, required=("listen", "data_dir")):
     """{flag: is_bool} from absl's --helpfull (which exits non-zero by design)."""
     out = subprocess.run([binary, "--helpfull"], capture_output=True, text=True, timeout=120)
     text = out.stdout + out.stderr
@@ -73,7 +82,7 @@ def binary_flags(binary):
     for m in re.finditer(r"^\s+--([A-Za-z0-9_]+) \((.*?)\);\s+default:\s*([^;]*);", text,
                          re.MULTILINE | re.DOTALL):
         flags[m.group(1)] = m.group(3).strip() in ("true", "false")
-    if "listen" not in flags or "data_dir" not in flags:
+    if any(name not in flags for name in required):
         sys.exit(f"check-deploy: cannot read flags from `{binary} --helpfull`:\n{text[:2000]}")
     return flags
 
@@ -328,14 +337,101 @@ def check_statefulset(where, sts, docs, server_flags, probe_flags, dockerfile_te
     return c, flags
 
 
-def check_k8s(repo, server_flags, probe_flags, dockerfile_text):
+def check_worker_deployment(where, dep, docs, worker_flags, dockerfile_text, server_port):
+    """Returns (container, parsed flags) of the worker container, for the live run."""
+    spec = dep.get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+    selector = spec.get("selector", {}).get("matchLabels", {})
+    check(selector and all(labels.get(k) == v for k, v in selector.items()), where,
+          "spec.selector.matchLabels does not match spec.template.metadata.labels")
+    containers = pod.get("containers", [])
+    if not check(len(containers) == 1, where, "expected one container (offsite-worker)"):
+        return None, None
+    c = containers[0]
+    cw = f"{where} container {c.get('name')}"
+    check(c.get("image"), cw, "no image")
+    command = [str(x) for x in c.get("command") or []]
+    if check(command and os.path.basename(command[0]) == "offsite-worker-launch", cw,
+             "command is not offsite-worker-launch (which applies deploy/env.sh)"):
+        check(re.search(r"/" + re.escape(os.path.basename(command[0])) + r"\b", dockerfile_text),
+              cw, f"{command[0]} is not installed by deploy/Dockerfile")
+    args = command[1:] + [str(a) for a in c.get("args", [])]
+    flags = parse_flags(args, worker_flags, f"{cw} args")
+    env = {e.get("name") for e in c.get("env", [])}
+    for name, value in flags.items():
+        for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value):
+            check(var in env, cw, f"--{name} uses $({var}), which env does not define")
+
+    services = {d["metadata"]["name"]: d for _, d in docs if d.get("kind") == "Service"}
+    server = flags.get("server", "")
+    host, _, port = server.rpartition(":")
+    if check(server, f"{cw} args", "no --server"):
+        service = host.split(".")[0]
+        check(service in services and services[service].get("spec", {}).get("clusterIP") != "None",
+              cw, f"--server {server}: {service!r} is not a ClusterIP Service in deploy/k8s")
+        check(port == str(server_port), cw, f"--server {server} is not the server's port {server_port}")
+
+    mounts = {m.get("mountPath"): m for m in c.get("volumeMounts", [])}
+    volumes = {v.get("name"): v for v in pod.get("volumes", [])}
+
+    def mount_of(path):
+        best = None
+        for mp in mounts:
+            if mp and under(path, mp) and (best is None or len(mp) > len(best)):
+                best = mp
+        return best
+
+    for flag in ("ca", "cert", "key"):
+        if not check(flag in flags, f"{cw} args", f"no --{flag} (the server requires mTLS)"):
+            continue
+        path = flags[flag]
+        mp = mount_of(path)
+        if not check(mp, cw, f"--{flag} {path} is on no volumeMount"):
+            continue
+        check(mounts[mp].get("readOnly") is True, cw, f"volumeMount {mounts[mp].get('name')} is not readOnly")
+        vol = volumes.get(mounts[mp].get("name"), {})
+        if check("secret" in vol, cw, f"--{flag}: volume {mounts[mp].get('name')} is not a secret"):
+            items = vol["secret"].get("items")
+            rel = os.path.relpath(path, mp)
+            if items:
+                check(any(it.get("path") == rel for it in items), cw,
+                      f"--{flag}: secret volume has no item with path {rel}")
+    work = flags.get("work_dir")
+    if check(work, f"{cw} args", "no --work_dir (the default is relative to a read-only root)"):
+        mp = mount_of(work)
+        check(mp and not mounts[mp].get("readOnly"), cw, f"--work_dir {work} is not on a writable mount")
+    rendezvous = flags.get("rendezvous_address")
+    if rendezvous:
+        rport = rendezvous.rpartition(":")[2]
+        check(rport.isdigit() and int(rport) in [p.get("containerPort") for p in c.get("ports", [])],
+              cw, f"--rendezvous_address {rendezvous}: its port is not a containerPort")
+    access = [d for _, d in docs if d.get("kind") == "ConfigMap"]
+    check(any("role: WORKER" in str(v) for d in access for v in (d.get("data") or {}).values()),
+          where, "no ConfigMap gives any principal role WORKER")
+
+    res = c.get("resources", {})
+    for k in ("requests", "limits"):
+        for r in ("cpu", "memory"):
+            check(res.get(k, {}).get(r), cw, f"resources.{k}.{r} missing")
+    cpu = str(res.get("limits", {}).get("cpu", ""))
+    if cpu.isdigit() and flags.get("threads", "0").isdigit():
+        check(int(flags.get("threads", "1")) <= int(cpu), cw,
+              f"--threads {flags.get('threads')} exceeds limits.cpu {cpu} (throttling)")
+    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+    check(csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, cw, "runAsNonRoot is not true")
+    check(csc.get("runAsUser", psc.get("runAsUser", 1)) != 0, cw, "runAsUser is 0")
+    check(csc.get("allowPrivilegeEscalation") is False, cw,
+          "securityContext.allowPrivilegeEscalation is not false")
+    return c, flags
+
+
+def check_k8s(repo, server_flags, probe_flags, dockerfile_text, worker_flags=None):
     files, docs = load_k8s(os.path.join(repo, "deploy/k8s"))
     kinds = [d["kind"] for _, d in docs]
     for required in ("StatefulSet", "Service", "ConfigMap"):
         check(required in kinds, "deploy/k8s", f"no {required}")
     for w, d in docs:
-        check("offsite-worker" not in yaml.safe_dump(d.get("spec", {})), w,
-              "offsite-worker does not exist yet (workers run in-process)")
         if d["kind"] == "Service":
             for sp in d.get("spec", {}).get("ports", []):
                 check(sp.get("port"), w, "a port without port:")
@@ -343,6 +439,13 @@ def check_k8s(repo, server_flags, probe_flags, dockerfile_text):
     for w, d in docs:
         if d["kind"] == "StatefulSet":
             result = check_statefulset(w, d, docs, server_flags, probe_flags, dockerfile_text)
+    server_port = result[1] and listen_port(result[1], "StatefulSet")
+    worker = (None, None)
+    for w, d in docs:
+        if d["kind"] == "Deployment" and worker_flags is not None:
+            worker = check_worker_deployment(w, d, docs, worker_flags, dockerfile_text, server_port)
+    if worker_flags is not None:
+        check(worker[0], "deploy/k8s", "no worker Deployment (offsite-worker)")
     kubectl = shutil.which("kubectl")
     if not kubectl:
         note("kubectl not on PATH: skipped `kubectl apply --dry-run=client`")
@@ -358,7 +461,7 @@ def check_k8s(repo, server_flags, probe_flags, dockerfile_text):
             note("kubectl apply --dry-run=client needs an API server (none reachable): skipped")
         else:
             fail("deploy/k8s", f"kubectl apply --dry-run=client failed:\n{text}")
-    return docs, result
+    return docs, result, worker
 
 
 # ---------------------------------------------------------------- Dockerfile
@@ -430,6 +533,9 @@ def check_dockerfile(repo, server_flags):
     check(flags.get("data_dir") in vols, rel,
           f"VOLUME {vols} does not include --data_dir {flags.get('data_dir')}")
     check("env.sh" in text, rel, "does not install deploy/env.sh for the entrypoint")
+    check(re.search(r"build/worker/offsite-worker\b", text), rel, "does not install offsite-worker")
+    check(re.search(r"deploy/offsite-worker-launch\.sh\s+\S*/offsite-worker-launch\b", text), rel,
+          "does not install deploy/offsite-worker-launch.sh as offsite-worker-launch")
     return text, flags, port
 
 
@@ -463,9 +569,15 @@ def read_env_file(path):
     return env
 
 
-def check_systemd(repo, server_flags):
+def check_systemd(repo, server_flags, worker_flags=None):
+    """Returns (launcher, args) of the server unit."""
     units = sorted(glob.glob(os.path.join(repo, "deploy/systemd/*.service")))
     check(units, "deploy/systemd", "no .service file")
+    launchers = {"offsite-server-launch": server_flags}
+    if worker_flags is not None:
+        launchers["offsite-worker-launch"] = worker_flags
+        check(any(os.path.basename(u) == "offsite-worker.service" for u in units), "deploy/systemd",
+              "no offsite-worker.service")
     result = None
     for path in units:
         rel = os.path.relpath(path, repo)
@@ -484,8 +596,11 @@ def check_systemd(repo, server_flags):
         if not check(exec_start, rel, "[Service] ExecStart= missing"):
             continue
         argv = shlex.split(exec_start.lstrip("-@+!:"))
-        check(os.path.basename(argv[0]) == "offsite-server-launch", rel,
-              "ExecStart does not run offsite-server-launch (which sources env.sh)")
+        launcher_name = os.path.basename(argv[0])
+        if not check(launcher_name in launchers, rel,
+                     f"ExecStart does not run {' or '.join(launchers)} (which source env.sh)"):
+            continue
+        is_worker = launcher_name == "offsite-worker-launch"
         # Expand $VAR / ${VAR} from the EnvironmentFile shipped beside the unit.
         env = {}
         for envfile in svc.get("EnvironmentFile", []):
@@ -504,16 +619,24 @@ def check_systemd(repo, server_flags):
             else:
                 args.append(token)
         env_name = os.path.basename(path).replace(".service", ".env")
-        flags = parse_flags(args, server_flags, f"{rel} ExecStart (with $VARs from {env_name})")
-        listen_port(flags, f"{rel} ExecStart")
-        if state:
-            check(flags.get("data_dir") == "/var/lib/" + state.split()[0], rel,
-                  f"--data_dir {flags.get('data_dir')} is not StateDirectory /var/lib/{state}")
+        flags = parse_flags(args, launchers[launcher_name],
+                            f"{rel} ExecStart (with $VARs from {env_name})")
+        if is_worker:
+            for flag in ("server", "ca", "cert", "key"):
+                check(flag in flags, rel, f"ExecStart has no --{flag}")
+            if state:
+                check(flags.get("work_dir") == "/var/lib/" + state.split()[0], rel,
+                      f"--work_dir {flags.get('work_dir')} is not StateDirectory /var/lib/{state}")
+        else:
+            listen_port(flags, f"{rel} ExecStart")
+            if state:
+                check(flags.get("data_dir") == "/var/lib/" + state.split()[0], rel,
+                      f"--data_dir {flags.get('data_dir')} is not StateDirectory /var/lib/{state}")
         analyze = shutil.which("systemd-analyze")
         if analyze:
             with tempfile.TemporaryDirectory() as tmp:
                 copy = os.path.join(tmp, os.path.basename(path))
-                launcher = os.path.join(repo, "deploy/offsite-server-launch.sh")
+                launcher = os.path.join(repo, f"deploy/{launcher_name}.sh")
                 open(copy, "w").write(open(path).read().replace(argv[0], launcher))
                 out = subprocess.run([analyze, "verify", copy], capture_output=True, text=True,
                                      timeout=60)
@@ -521,7 +644,8 @@ def check_systemd(repo, server_flags):
                 check(out.returncode == 0 and not text, rel, f"systemd-analyze verify:\n{text}")
         else:
             note("systemd-analyze not on PATH: skipped unit verification")
-        result = (argv[0], args)
+        if not is_worker:
+            result = (argv[0], args)
     return result
 
 
@@ -656,9 +780,75 @@ def live_plain(repo, server, client, flags, tmp, label):
         stop_server(proc, tmp, label)
 
 
+def live_worker(repo, server, client, worker, container, flags, tmp):
+    """The worker Deployment's flags against a live server: it must serve and stop cleanly."""
+    label = "live run of deploy/k8s worker Deployment args"
+    data = os.path.join(tmp, "data")
+    proc, port = start_server(repo, server, ["--listen=127.0.0.1:0", f"--data_dir={data}",
+                                             "--workers=0"], tmp, label)
+    if not proc:
+        return
+    log_path = os.path.join(tmp, "worker.log")
+    worker_proc = None
+    try:
+        certs = os.path.join(data, "certs")
+        mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+        moves = {path: os.path.join(tmp, "mnt-" + name) for name, path in mounts.items()}
+        # The Secret's files, made by `offsite certs issue` with the server's CA.
+        name = os.path.splitext(os.path.basename(flags["cert"]))[0]
+        out = subprocess.run([client, "certs", "issue", "--dir", certs, "--name", name, "--role",
+                              "worker"], capture_output=True, text=True, timeout=60)
+        if not check(out.returncode == 0, label, f"offsite certs issue: {out.stderr}"):
+            return
+        args = []
+        for key, value in flags.items():
+            value = re.sub(r"\$\(POD_NAME\)", "worker-0", value)
+            value = re.sub(r"\$\(POD_IP\)", "127.0.0.1", value)
+            if key == "server":
+                value = f"127.0.0.1:{port}"
+            elif key in ("ca", "cert", "key"):
+                value = os.path.join(certs, os.path.basename(value))
+            else:
+                for old in sorted(moves, key=len, reverse=True):
+                    if under(value, old):
+                        value = moves[old] + value[len(old):]
+                        break
+            args.append(f"--{key}={value}")
+        env = dict(os.environ, OFFSITE_WORKER_BIN=worker,
+                   OFFSITE_ENV_SH=os.path.join(repo, "deploy/env.sh"))
+        log = open(log_path, "w")
+        worker_proc = subprocess.Popen([os.path.join(repo, "deploy/offsite-worker-launch.sh")] + args,
+                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while time.time() < deadline and worker_proc.poll() is None and \
+                "serving" not in open(log_path).read():
+            time.sleep(0.1)
+        text = open(log_path).read()
+        if check("serving" in text and worker_proc.poll() is None, label,
+                 f"offsite-worker did not start:\n{text}"):
+            time.sleep(1.5)  # at least one Lease round trip
+            text = open(log_path).read()
+            check("PERMISSION_DENIED" not in text and "UNAVAILABLE" not in text, label,
+                  f"offsite-worker cannot lease:\n{text}")
+            print(f"  {label}: offsite-worker serving")
+            worker_proc.send_signal(signal.SIGTERM)
+            try:
+                rc = worker_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+            check(rc == 0, label, f"offsite-worker SIGTERM: exit status {rc}:\n{open(log_path).read()}")
+            print(f"  {label}: offsite-worker stopped by SIGTERM, exit status {rc}")
+    finally:
+        if worker_proc and worker_proc.poll() is None:
+            worker_proc.kill()
+            worker_proc.wait()
+        stop_server(proc, tmp, label)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True, help="the built offsite-server")
+    parser.add_argument("--worker", help="the built offsite-worker: checks its deployment files")
     parser.add_argument("--client", help="the built offsite client: enables the live runs")
     parser.add_argument("--repo", default=os.path.join(os.path.dirname(__file__), ".."))
     args = parser.parse_args()
@@ -668,10 +858,17 @@ def main():
     server_flags = binary_flags(args.server)
     probe_flags = script_flags(os.path.join(repo, "deploy/grpc-health-check.py"))
     print(f"offsite-server flags: {', '.join(sorted(server_flags))}")
+    worker_flags = None
+    if args.worker:
+        worker_flags = binary_flags(args.worker, required=("server", "work_dir"))
+        print(f"offsite-worker flags: {', '.join(sorted(worker_flags))}")
+    else:
+        note("no --worker: the worker's deployment files are not checked")
 
     docker_text, docker_flags, _ = check_dockerfile(repo, server_flags)
-    docs, (sts_container, sts_flags) = check_k8s(repo, server_flags, probe_flags, docker_text)
-    systemd = check_systemd(repo, server_flags)
+    docs, (sts_container, sts_flags), (worker_container, worker_args) = check_k8s(
+        repo, server_flags, probe_flags, docker_text, worker_flags)
+    systemd = check_systemd(repo, server_flags, worker_flags)
     print(f"static checks: {len(FAILURES)} failure(s)")
 
     if args.client and not FAILURES:
@@ -689,6 +886,10 @@ def main():
                 flags = parse_flags(systemd[1], server_flags, "systemd")
                 live_plain(repo, args.server, args.client, flags, os.path.join(tmp, "systemd"),
                            "live run of deploy/systemd ExecStart")
+            if worker_container and args.worker:
+                os.makedirs(os.path.join(tmp, "worker"))
+                live_worker(repo, args.server, args.client, args.worker, worker_container,
+                            worker_args, os.path.join(tmp, "worker"))
     elif not args.client:
         note("no --client: live runs skipped")
 

@@ -20,6 +20,13 @@ absl::Status RequireTenant(const Caller& caller) {
                                                   "\" may not transfer artifacts"));
 }
 
+// Workers upload their jobs' outputs and checkpoints (then hand them over
+// with WorkerService.AddArtifact / SaveCheckpoint).
+absl::Status RequireUploader(const Caller& caller) {
+  if (caller.role == v1::WORKER) return absl::OkStatus();
+  return RequireTenant(caller);
+}
+
 absl::Status CheckUploadHeader(const v1::UploadHeader& header) {
   if (!IsSha256Hex(header.sha256())) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -46,6 +53,12 @@ absl::Status CheckCanRead(const Caller& caller, const v1::Artifact& artifact) {
 
 absl::StatusOr<v1::Artifact> ArtifactServiceImpl::GetReadable(const Caller& caller,
                                                               const std::string& id) {
+  if (caller.role == v1::WORKER) {
+    // A worker reads only what its leases open to it (the `granted` check).
+    absl::StatusOr<v1::Artifact> artifact = store_->Get(id);
+    if (artifact.ok() && granted_ && granted_(caller, *artifact)) return artifact;
+    return absl::NotFoundError(absl::StrCat("artifact ", id, " not found"));
+  }
   OFFSITE_RETURN_IF_ERROR(RequireTenant(caller));
   OFFSITE_ASSIGN_OR_RETURN(v1::Artifact artifact, store_->Get(id));
   absl::Status readable = CheckCanRead(caller, artifact);
@@ -107,7 +120,7 @@ grpc::Status ArtifactServiceImpl::StatUpload(grpc::ServerContext* context,
                                              v1::UploadStatus* response) {
   return HandleRpc(env_, context, "StatUpload", absl::StrCat("upload/", request->sha256()),
                    [&](const Caller& caller) -> absl::Status {
-                     OFFSITE_RETURN_IF_ERROR(RequireTenant(caller));
+                     OFFSITE_RETURN_IF_ERROR(RequireUploader(caller));
                      v1::UploadHeader header;
                      header.set_sha256(request->sha256());
                      header.set_size(request->size());
@@ -126,7 +139,7 @@ grpc::Status ArtifactServiceImpl::UploadArtifact(
     v1::Artifact* response) {
   return HandleRpc(
       env_, context, "UploadArtifact", "upload", [&](const Caller& caller) -> absl::Status {
-        OFFSITE_RETURN_IF_ERROR(RequireTenant(caller));
+        OFFSITE_RETURN_IF_ERROR(RequireUploader(caller));
         v1::UploadArtifactRequest message;
         if (!reader->Read(&message) || !message.has_header()) {
           return absl::InvalidArgumentError("the first upload message must be a header");

@@ -18,7 +18,8 @@ absl::Status CheckCanRead(const Caller& caller, const v1::Artifact& artifact);
 class ArtifactServiceImpl final : public v1::ArtifactService::Service {
  public:
   // `granted`, if set, opens more artifacts to a caller: an Offsite-Tuning
-  // package file to the principals granted the package.
+  // package file to the principals granted the package, a job's inputs and
+  // checkpoints to the worker that leased it. Workers read nothing else.
   using GrantCheck = std::function<bool(const Caller&, const v1::Artifact&)>;
   ArtifactServiceImpl(ArtifactStore* store, RpcEnvironment env, GrantCheck granted = nullptr)
       : store_(store), env_(env), granted_(std::move(granted)) {}

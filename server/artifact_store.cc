@@ -119,6 +119,16 @@ absl::StatusOr<v1::Artifact> ArtifactStore::AddVerified(const std::string& path,
   return Record(sha256, size, name, owner, job_id);
 }
 
+absl::StatusOr<v1::Artifact> ArtifactStore::Alias(const v1::Artifact& stored,
+                                                  const std::string& name,
+                                                  const std::string& owner,
+                                                  const std::string& job_id) {
+  if (!FileExists(BlobPath(stored.sha256()))) {
+    return absl::DataLossError(absl::StrCat("artifact ", stored.id(), ": blob missing"));
+  }
+  return Record(stored.sha256(), stored.size(), name, owner, job_id);
+}
+
 absl::StatusOr<v1::Artifact> ArtifactStore::Get(const std::string& id) {
   v1::Artifact artifact;
   OFFSITE_RETURN_IF_ERROR(db_->Read([&](Database& db) -> absl::Status {

@@ -26,6 +26,11 @@ class ArtifactStore {
   absl::StatusOr<v1::Artifact> AddFile(const std::string& path, const std::string& name,
                                        const std::string& owner, const std::string& job_id);
   absl::StatusOr<v1::Artifact> Get(const std::string& id);
+  // Records the bytes of a stored artifact once more, under another name,
+  // owner and job; nothing is copied (blobs are content-addressed). A remote
+  // worker's upload becomes its job's output this way.
+  absl::StatusOr<v1::Artifact> Alias(const v1::Artifact& stored, const std::string& name,
+                                     const std::string& owner, const std::string& job_id);
   // Path of the artifact's bytes, for reading.
   std::string BlobPath(const std::string& sha256) const;
 

@@ -36,6 +36,12 @@ absl::Status JobManager::Validate(const v1::JobSpec& spec) const {
   if (spec.display_name().size() > 200) {
     return absl::InvalidArgumentError("display_name: longer than 200 characters");
   }
+  OFFSITE_RETURN_IF_ERROR(CheckRange("resources.workers", spec.resources().workers(), 0, 64));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("resources.threads", spec.resources().threads(), 0, 1024));
+  if (spec.resources().memory_mb() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("resources.memory_mb: ", spec.resources().memory_mb(), " is negative"));
+  }
   return runner->second->Validate(spec);
 }
 

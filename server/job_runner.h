@@ -18,6 +18,17 @@
 
 namespace offsite {
 
+// Where a job's process sits in a data-parallel group (JobResources.workers >
+// 1): ranks 0..world_size-1 meet at rank 0's c10d TCPStore.
+struct DataParallelRendezvous {
+  int rank = 0;
+  int world_size = 1;
+  // host:port of the store that rank 0 hosts.
+  std::string store_address;
+  // Key prefix of this attempt in the store.
+  std::string prefix;
+};
+
 class JobContext {
  public:
   virtual ~JobContext() = default;
@@ -33,7 +44,9 @@ class JobContext {
   virtual void Log(absl::string_view line) = 0;
 
   // A directory private to this job that survives restarts: checkpoints go
-  // here (write atomically), and a resumed job finds them again.
+  // here (write atomically), and a resumed job finds them again. On a remote
+  // worker, files named checkpoint* travel to the server as they change, so
+  // the job resumes from them on any worker.
   virtual const std::string& work_dir() const = 0;
   // True when the runner should write a checkpoint now (the server's interval
   // elapsed since the last call that returned true).
@@ -49,6 +62,10 @@ class JobContext {
 
   // torch::Device string for this job, e.g. "cpu".
   virtual const std::string& device() const = 0;
+
+  // Set when the job runs data-parallel on several workers; nullptr for one
+  // process. Only rank 0's reports, artifacts and checkpoints are kept.
+  virtual const DataParallelRendezvous* data_parallel() const { return nullptr; }
 };
 
 class JobRunner {

@@ -174,10 +174,12 @@ absl::StatusOr<v1::JobEvent> JobStore::Update(const std::string& id, const Mutat
 }
 
 absl::StatusOr<v1::JobEvent> JobStore::UpdateWith(const std::string& id,
-                                                  const EventMutation& mutate) {
+                                                  const EventMutation& mutate,
+                                                  const TransactionHook& also) {
   absl::StatusOr<v1::JobEvent> result;
   OFFSITE_RETURN_IF_ERROR(db_->Transaction([&](Database& db) -> absl::Status {
     OFFSITE_ASSIGN_OR_RETURN(v1::Job job, LoadJob(db, id, nullptr));
+    if (also) OFFSITE_RETURN_IF_ERROR(also(db, job));
     v1::JobEvent event;
     OFFSITE_RETURN_IF_ERROR(mutate(job, event));
     OFFSITE_RETURN_IF_ERROR(StoreJob(db, job));
@@ -187,23 +189,31 @@ absl::StatusOr<v1::JobEvent> JobStore::UpdateWith(const std::string& id,
   return result;
 }
 
-absl::StatusOr<std::optional<v1::Job>> JobStore::ClaimNextQueued(int64_t now_ms) {
+absl::StatusOr<std::optional<v1::Job>> JobStore::ClaimNextQueued(
+    int64_t now_ms, const std::function<bool(const v1::Job&)>& fits, const ClaimHook& on_claim) {
   std::optional<v1::Job> claimed;
   OFFSITE_RETURN_IF_ERROR(db_->Transaction([&](Database& db) -> absl::Status {
     OFFSITE_ASSIGN_OR_RETURN(
         Statement stmt,
-        db.Prepare("SELECT id FROM jobs WHERE state = ? ORDER BY create_time_ms, id LIMIT 1"));
+        db.Prepare("SELECT id, job FROM jobs WHERE state = ? ORDER BY create_time_ms, id"));
     stmt.Bind(1, static_cast<int64_t>(v1::QUEUED));
-    OFFSITE_ASSIGN_OR_RETURN(bool row, stmt.Step());
-    if (!row) return absl::OkStatus();
-    OFFSITE_ASSIGN_OR_RETURN(v1::Job job, LoadJob(db, stmt.Text(0), nullptr));
+    std::optional<v1::Job> found;
+    while (!found) {
+      OFFSITE_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) return absl::OkStatus();
+      OFFSITE_ASSIGN_OR_RETURN(v1::Job candidate, ParseJob(stmt.Text(1), stmt.Text(0)));
+      if (!fits || fits(candidate)) found = std::move(candidate);
+    }
+    v1::Job& job = *found;
     job.set_state(v1::RUNNING);
     job.set_attempts(job.attempts() + 1);
     if (job.start_time_ms() == 0) job.set_start_time_ms(now_ms);
+    std::string message = absl::StrCat("attempt ", job.attempts());
+    if (on_claim) OFFSITE_RETURN_IF_ERROR(on_claim(db, job, message));
     OFFSITE_RETURN_IF_ERROR(StoreJob(db, job));
     v1::JobEvent event;
     event.mutable_state()->set_state(v1::RUNNING);
-    event.mutable_state()->set_message(absl::StrCat("attempt ", job.attempts()));
+    event.mutable_state()->set_message(message);
     OFFSITE_RETURN_IF_ERROR(AppendLocked(db, job, std::move(event)).status());
     claimed = std::move(job);
     return absl::OkStatus();

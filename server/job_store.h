@@ -49,11 +49,21 @@ class JobStore {
                                       v1::JobEvent event);
   // As Update, for changes whose event depends on the job: `mutate` fills in both.
   using EventMutation = std::function<absl::Status(v1::Job&, v1::JobEvent&)>;
-  absl::StatusOr<v1::JobEvent> UpdateWith(const std::string& id, const EventMutation& mutate);
+  // `also`, if set, runs first in the same transaction, with the job as
+  // stored, for changes to other tables that must commit (or not) together
+  // with the job's (e.g. a remote worker's lease); its error aborts both.
+  using TransactionHook = std::function<absl::Status(Database&, const v1::Job&)>;
+  absl::StatusOr<v1::JobEvent> UpdateWith(const std::string& id, const EventMutation& mutate,
+                                          const TransactionHook& also = nullptr);
 
-  // Marks the oldest QUEUED job RUNNING (attempts + 1) and returns it, or
-  // nullopt when the queue is empty.
-  absl::StatusOr<std::optional<v1::Job>> ClaimNextQueued(int64_t now_ms);
+  // Marks the oldest QUEUED job for which `fits` holds (any, when unset)
+  // RUNNING (attempts + 1) and returns it, or nullopt when there is none.
+  // `on_claim`, if set, runs in the same transaction and may add to the
+  // RUNNING event's message; its error aborts the claim.
+  using ClaimHook = std::function<absl::Status(Database&, const v1::Job&, std::string& message)>;
+  absl::StatusOr<std::optional<v1::Job>> ClaimNextQueued(
+      int64_t now_ms, const std::function<bool(const v1::Job&)>& fits = nullptr,
+      const ClaimHook& on_claim = nullptr);
 
   // Ids of jobs in `state`, oldest first.
   absl::StatusOr<std::vector<std::string>> IdsInState(v1::JobState state);

@@ -25,10 +25,15 @@ ABSL_FLAG(std::string, tls_ca, "", "CA that signs client certificates [<data_dir
 ABSL_FLAG(std::string, access_file, "",
           "Access configuration (principal -> role) [<data_dir>/certs/access.textproto]");
 ABSL_FLAG(bool, insecure, false, "Plaintext, no authentication: local development only");
-ABSL_FLAG(int, workers, 0, "Jobs run at the same time [1]");
+ABSL_FLAG(int, workers, -1,
+          "Jobs run at the same time by in-process workers; 0: only remote offsite-worker "
+          "processes run jobs [1]");
 ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads (0: all cores)");
 ABSL_FLAG(std::string, device, "", "torch::Device for jobs, e.g. cpu or cuda:0 [cpu]");
 ABSL_FLAG(int, checkpoint_interval_s, 0, "Seconds between checkpoints of a running job [30]");
+ABSL_FLAG(int, lease_timeout_s, 0,
+          "Seconds a remote worker's lease lasts without a heartbeat; then its job is "
+          "requeued [30]");
 ABSL_FLAG(std::vector<std::string>, data_roots, {},
           "Comma-separated directories whose files data owners' jobs may read "
           "[/usr/share/datasets,<data_dir>/datasets]");
@@ -60,7 +65,10 @@ int main(int argc, char** argv) {
   set_string(absl::GetFlag(FLAGS_device), [&](auto v) { config.set_device(v); });
   if (absl::GetFlag(FLAGS_insecure)) config.set_insecure(true);
   for (const std::string& root : absl::GetFlag(FLAGS_data_roots)) config.add_data_roots(root);
-  if (absl::GetFlag(FLAGS_workers) > 0) config.set_workers(absl::GetFlag(FLAGS_workers));
+  if (absl::GetFlag(FLAGS_workers) >= 0) config.set_workers(absl::GetFlag(FLAGS_workers));
+  if (absl::GetFlag(FLAGS_lease_timeout_s) > 0) {
+    config.set_lease_timeout_s(absl::GetFlag(FLAGS_lease_timeout_s));
+  }
   if (absl::GetFlag(FLAGS_threads) > 0) config.set_threads(absl::GetFlag(FLAGS_threads));
   if (absl::GetFlag(FLAGS_checkpoint_interval_s) > 0) {
     config.set_checkpoint_interval_s(absl::GetFlag(FLAGS_checkpoint_interval_s));
@@ -81,8 +89,9 @@ int main(int argc, char** argv) {
   }
   const offsite::v1::ServerConfig& effective = (*server)->config();
   std::cerr << "offsite-server: " << offsite::RuntimeSummary() << "\n";
-  std::cerr << "offsite-server: data in " << effective.data_dir() << ", "
-            << effective.workers() << " worker(s), device " << effective.device() << "\n";
+  std::cerr << "offsite-server: data in " << effective.data_dir() << ", " << effective.workers()
+            << " in-process worker(s)" << (effective.workers() == 0 ? " (remote workers only)" : "")
+            << ", device " << effective.device() << "\n";
   std::cout << "offsite-server listening on port " << (*server)->port()
             << (effective.insecure() ? " (INSECURE)" : " (mTLS)") << std::endl;
   if (!absl::GetFlag(FLAGS_port_file).empty()) {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "server/worker_manager.h"
 
 namespace offsite {
 namespace {
@@ -154,6 +155,7 @@ std::string Scheduler::WorkDir(const std::string& job_id) const {
 absl::Status Scheduler::Start() {
   OFFSITE_ASSIGN_OR_RETURN(std::vector<std::string> orphans, jobs_->IdsInState(v1::RUNNING));
   for (const std::string& id : orphans) {
+    if (options_.leased_remotely && options_.leased_remotely(id)) continue;
     OFFSITE_ASSIGN_OR_RETURN(v1::Job orphan, jobs_->Get(id));
     const bool cancel = orphan.cancel_requested();
     const v1::JobState next = cancel ? v1::CANCELLED : v1::QUEUED;
@@ -173,7 +175,7 @@ absl::Status Scheduler::Start() {
   std::lock_guard<std::mutex> lock(mu_);
   stopping_ = false;
   shutdown_ = false;
-  for (int i = 0; i < std::max(1, options_.workers); ++i) {
+  for (int i = 0; i < options_.workers; ++i) {
     workers_.emplace_back([this] { WorkerLoop(); });
   }
   return absl::OkStatus();
@@ -215,7 +217,8 @@ void Scheduler::WorkerLoop() {
       if (stopping_) return;
       seen = queued_signals_;
     }
-    absl::StatusOr<std::optional<v1::Job>> claimed = jobs_->ClaimNextQueued(NowMs());
+    absl::StatusOr<std::optional<v1::Job>> claimed =
+        jobs_->ClaimNextQueued(NowMs(), [this](const v1::Job& job) { return Fits(job); });
     if (!claimed.ok()) {
       std::cerr << "scheduler: cannot claim a job: " << claimed.status() << "\n";
     } else if (claimed->has_value()) {
@@ -228,6 +231,14 @@ void Scheduler::WorkerLoop() {
     wake_.wait_for(lock, std::chrono::seconds(5),
                    [&] { return stopping_ || queued_signals_ != seen; });
   }
+}
+
+bool Scheduler::Fits(const v1::Job& job) const {
+  v1::WorkerCapabilities offered;
+  for (const auto& [kind, runner] : *runners_) offered.add_kinds(KindName(kind));
+  offered.set_threads(options_.threads > 0 ? options_.threads : INT32_MAX);
+  offered.set_memory_mb(options_.memory_mb > 0 ? options_.memory_mb : INT64_MAX);
+  return WhyUnfit(job, offered).empty();
 }
 
 void Scheduler::RunJob(v1::Job job) {

@@ -1,13 +1,15 @@
 #ifndef OFFSITE_SERVER_SCHEDULER_H_
 #define OFFSITE_SERVER_SCHEDULER_H_
 
-// The in-process worker pool. Each worker claims the oldest QUEUED job, runs
-// its kind's runner and records the outcome. A job whose worker was stopped
-// (server shutdown) or died with the process goes back to QUEUED and resumes
-// from its work directory's checkpoint.
+// The in-process worker pool. Each worker claims the oldest QUEUED job that
+// fits it, runs its kind's runner and records the outcome. A job whose worker
+// was stopped (server shutdown) or died with the process goes back to QUEUED
+// and resumes from its work directory's checkpoint. Remote workers lease jobs
+// from the same queue (server/worker_manager.h).
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -26,7 +28,14 @@ namespace offsite {
 
 struct SchedulerOptions {
   std::string data_dir;
+  // In-process workers; 0: jobs run on remote workers only.
   int workers = 1;
+  // What an in-process worker offers a job's JobResources; 0: not checked.
+  // Data-parallel jobs (resources.workers > 1) always wait for remote workers.
+  int threads = 0;
+  int64_t memory_mb = 0;
+  // True for a job a remote worker holds: not an orphan to requeue at Start.
+  std::function<bool(const std::string& job_id)> leased_remotely;
   std::string device = "cpu";
   int checkpoint_interval_s = 30;
   // Minimum time between two stored progress events of one job.
@@ -53,6 +62,7 @@ class Scheduler {
  private:
   class Context;
   void WorkerLoop();
+  bool Fits(const v1::Job& job) const;
   void RunJob(v1::Job job);
   void Finish(const std::string& job_id, const absl::Status& outcome, bool stopping);
 

@@ -26,10 +26,13 @@
 #include "server/job_manager.h"
 #include "server/job_service.h"
 #include "server/job_store.h"
+#include "server/lease_store.h"
 #include "server/offsite_manager.h"
 #include "server/offsite_service.h"
 #include "server/offsite_store.h"
 #include "server/scheduler.h"
+#include "server/worker_manager.h"
+#include "server/worker_service.h"
 
 namespace offsite {
 
@@ -47,6 +50,9 @@ struct OffsiteServer::State {
   RunnerRegistry runners;
   EventBus bus;
   std::unique_ptr<Scheduler> scheduler;
+  std::unique_ptr<LeaseStore> leases;
+  std::unique_ptr<WorkerManager> worker_manager;
+  std::unique_ptr<WorkerServiceImpl> worker_service;
   std::unique_ptr<JobManager> manager;
   std::unique_ptr<JobServiceImpl> job_service;
   std::unique_ptr<ArtifactServiceImpl> artifact_service;
@@ -66,7 +72,8 @@ v1::ServerConfig WithDefaults(v1::ServerConfig config) {
   if (config.tls_key().empty()) config.set_tls_key(certs + "/server.key");
   if (config.tls_ca().empty()) config.set_tls_ca(certs + "/ca.pem");
   if (config.access_file().empty()) config.set_access_file(certs + "/access.textproto");
-  if (config.workers() <= 0) config.set_workers(1);
+  if (!config.has_workers() || config.workers() < 0) config.set_workers(1);
+  if (config.lease_timeout_s() <= 0) config.set_lease_timeout_s(30);
   if (config.device().empty()) config.set_device("cpu");
   if (config.checkpoint_interval_s() <= 0) config.set_checkpoint_interval_s(30);
   if (config.data_roots().empty()) {
@@ -138,9 +145,22 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
   OFFSITE_ASSIGN_OR_RETURN(state->offsite_store, OffsiteStore::Create(state->db.get()));
   state->runners = DefaultRunners(state->offsite_store.get(), state->artifacts.get());
 
+  OFFSITE_ASSIGN_OR_RETURN(state->leases, LeaseStore::Create(state->db.get()));
+  WorkerManagerOptions worker_options;
+  worker_options.data_dir = config.data_dir();
+  worker_options.lease_timeout_ms = int64_t{config.lease_timeout_s()} * 1000;
+  worker_options.checkpoint_interval_s = config.checkpoint_interval_s();
+  state->worker_manager = std::make_unique<WorkerManager>(
+      state->jobs.get(), state->leases.get(), state->artifacts.get(), &state->bus, worker_options);
+  WorkerManager* worker_manager = state->worker_manager.get();
+
   SchedulerOptions scheduler_options;
   scheduler_options.data_dir = config.data_dir();
   scheduler_options.workers = config.workers();
+  scheduler_options.threads = config.threads();
+  scheduler_options.leased_remotely = [worker_manager](const std::string& id) {
+    return worker_manager->IsLeased(id);
+  };
   scheduler_options.device = config.device();
   scheduler_options.checkpoint_interval_s = config.checkpoint_interval_s();
   state->scheduler = std::make_unique<Scheduler>(state->jobs.get(), state->artifacts.get(),
@@ -156,9 +176,11 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
   state->offsite_service = std::make_unique<OffsiteServiceImpl>(state->offsite_manager.get(), env);
   OffsiteManager* offsite_manager = state->offsite_manager.get();
   state->artifact_service = std::make_unique<ArtifactServiceImpl>(
-      state->artifacts.get(), env, [offsite_manager](const Caller& caller, const v1::Artifact& a) {
-        return offsite_manager->GrantedArtifact(caller, a);
+      state->artifacts.get(), env,
+      [offsite_manager, worker_manager](const Caller& caller, const v1::Artifact& a) {
+        return offsite_manager->GrantedArtifact(caller, a) || worker_manager->MayRead(caller, a);
       });
+  state->worker_service = std::make_unique<WorkerServiceImpl>(worker_manager, env);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -172,12 +194,14 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
   builder.RegisterService(state->job_service.get());
   builder.RegisterService(state->artifact_service.get());
   builder.RegisterService(state->offsite_service.get());
+  builder.RegisterService(state->worker_service.get());
   state->server = builder.BuildAndStart();
   if (!state->server || state->port == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", config.listen_address(), " (address in use?)"));
   }
   OFFSITE_RETURN_IF_ERROR(state->scheduler->Start());
+  state->worker_manager->Start();
   return std::unique_ptr<OffsiteServer>(new OffsiteServer(std::move(state)));
 }
 
@@ -186,6 +210,7 @@ void OffsiteServer::Shutdown() {
   state_->stopped = true;
   // Stop the jobs first so open WatchJob streams see their final events.
   state_->scheduler->Stop();
+  state_->worker_manager->Stop();
   state_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 

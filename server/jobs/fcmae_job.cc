@@ -95,6 +95,9 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
   loop.seed = spec.seed();
   loop.checkpoint_format = "fcmae_checkpoint";
   loop.device = device;
+  OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel, ConnectDataParallel(ctx));
+  loop.data_parallel = data_parallel.get();
+  loop.module = fcmae.get();
   TrainingLoopHooks hooks;
   hooks.step = [&](const torch::Tensor& batch, int64_t global_step) -> absl::Status {
     fcmae->train();
@@ -103,6 +106,7 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
     FcmaeOutput out = fcmae->forward(data.train_images.index_select(0, batch));
     optimizer->zero_grad();
     out.loss.backward();
+    OFFSITE_RETURN_IF_ERROR(SyncGradients(loop));
     optimizer->step();
     const double loss = out.loss.item<double>();
     if (!std::isfinite(loss)) {

@@ -135,6 +135,9 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   loop.seed = spec.seed();
   loop.checkpoint_format = "finetune_checkpoint";
   loop.device = device;
+  OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel, ConnectDataParallel(ctx));
+  loop.data_parallel = data_parallel.get();
+  loop.module = model.get();
   TrainingLoopHooks hooks;
   hooks.step = [&](const torch::Tensor& batch, int64_t global_step) -> absl::Status {
     model->train();
@@ -146,6 +149,7 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
         torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(spec.label_smoothing()));
     optimizer->zero_grad();
     loss.backward();
+    OFFSITE_RETURN_IF_ERROR(SyncGradients(loop));
     optimizer->step();
     loss_sum += loss.item<double>();
     ++loss_count;

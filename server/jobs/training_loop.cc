@@ -29,8 +29,35 @@ void ReadTrainingState(torch::serialize::InputArchive& archive, torch::nn::Modul
   optimizer.load(optimizer_archive);
 }
 
+absl::StatusOr<std::unique_ptr<DataParallel>> ConnectDataParallel(JobContext& ctx) {
+  const DataParallelRendezvous* rendezvous = ctx.data_parallel();
+  if (rendezvous == nullptr || rendezvous->world_size <= 1) return nullptr;
+  DataParallelOptions options;
+  options.rank = rendezvous->rank;
+  options.world_size = rendezvous->world_size;
+  options.store_address = rendezvous->store_address;
+  options.prefix = rendezvous->prefix;
+  ctx.Log(absl::StrCat("data-parallel: rank ", options.rank, " of ", options.world_size,
+                       ", rendezvous at ", options.store_address));
+  return DataParallel::Connect(options);
+}
+
+absl::Status SyncGradients(const TrainingLoopOptions& options) {
+  if (options.data_parallel == nullptr) return absl::OkStatus();
+  return options.data_parallel->AllReduceGradients();
+}
+
 absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingLoopHooks& hooks,
                              JobContext& ctx) {
+  DataParallel* dp = options.data_parallel;
+  if (dp != nullptr && options.module == nullptr) {
+    return absl::InternalError("TrainingLoopOptions.module unset for a data-parallel run");
+  }
+  if (dp != nullptr && options.batch_size < dp->world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_size ", options.batch_size,
+                                                   " is smaller than the ", dp->world_size(),
+                                                   " data-parallel workers"));
+  }
   const int64_t n = options.num_examples;
   const int64_t batch = options.batch_size;
   if (n <= 0) return absl::InvalidArgumentError("the training set is empty");
@@ -55,7 +82,13 @@ absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingL
       return loaded;
     }
   }
+  if (dp != nullptr) {
+    dp->Attach(options.module->parameters(), options.module->buffers());
+    OFFSITE_RETURN_IF_ERROR(dp->BroadcastFromRankZero());
+  }
   auto checkpoint = [&](int64_t epoch, int64_t step) {
+    // Ranks hold the same state; rank 0's checkpoint is the one kept.
+    if (dp != nullptr && dp->rank() != 0) return absl::OkStatus();
     torch::serialize::OutputArchive archive;
     archive.write("loop_epoch", c10::IValue(epoch));
     archive.write("loop_step", c10::IValue(step));
@@ -74,8 +107,17 @@ absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingL
     for (int64_t step = first_step; step < steps_per_epoch; ++step) {
       if (ctx.cancelled()) return absl::CancelledError("cancelled");
       const int64_t global = epoch * steps_per_epoch + step;
-      OFFSITE_RETURN_IF_ERROR(
-          hooks.step(order.slice(0, step * batch, std::min(n, (step + 1) * batch)), global));
+      torch::Tensor indices = order.slice(0, step * batch, std::min(n, (step + 1) * batch));
+      if (dp != nullptr) {
+        const int64_t size = indices.size(0);
+        if (size >= dp->world_size()) {
+          const auto [begin, end] = RankShare(size, dp->rank(), dp->world_size());
+          dp->BeginStep(end - begin, size);
+          OFFSITE_RETURN_IF_ERROR(hooks.step(indices.slice(0, begin, end), global));
+        }
+      } else {
+        OFFSITE_RETURN_IF_ERROR(hooks.step(indices, global));
+      }
       ctx.ReportProgress(absl::StrCat("epoch ", epoch + 1, "/", options.epochs), global + 1,
                          total_steps);
       if (step + 1 < steps_per_epoch && ctx.CheckpointDue()) {

@@ -5,6 +5,20 @@
 // depends only on (seed, epoch), progress every step, cancellation checks,
 // checkpoints at each epoch end and whenever the server's interval elapses,
 // and resumption from the last checkpoint at the exact (epoch, step).
+//
+// Data-parallel runs (a job leased to several workers, JobContext::
+// data_parallel()) go through the same loop: every rank walks the same global
+// batches of batch_size examples and trains on its share of each; the step
+// hook calls SyncGradients between backward and the optimiser step:
+//
+//   OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> dp, ConnectDataParallel(ctx));
+//   loop.data_parallel = dp.get();  // nullptr: one process, nothing changes
+//   loop.module = model.get();
+//   hooks.step = [&](const torch::Tensor& batch, int64_t step) {
+//     ... loss.backward();
+//     OFFSITE_RETURN_IF_ERROR(SyncGradients(loop));
+//     optimizer->step(); ...
+//   };
 
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
@@ -16,6 +30,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/data_parallel.h"
 #include "server/job_runner.h"
 
 namespace offsite {
@@ -28,6 +44,11 @@ struct TrainingLoopOptions {
   // Names the checkpoint file kind, e.g. "fcmae_checkpoint".
   std::string checkpoint_format;
   torch::Device device = torch::kCPU;
+  // Set for a data-parallel run: `module`'s parameters and buffers start from
+  // rank 0's (after any resume), and SyncGradients reduces its gradients. A
+  // global batch smaller than the number of ranks is skipped.
+  DataParallel* data_parallel = nullptr;
+  torch::nn::Module* module = nullptr;
 };
 
 struct TrainingLoopHooks {
@@ -50,6 +71,13 @@ void ReadTrainingState(torch::serialize::InputArchive& archive, torch::nn::Modul
 
 absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingLoopHooks& hooks,
                              JobContext& ctx);
+
+// Joins the other ranks when the job runs data-parallel; nullptr for one process.
+absl::StatusOr<std::unique_ptr<DataParallel>> ConnectDataParallel(JobContext& ctx);
+
+// Between backward and the optimiser step: makes options.module's gradients
+// those of the whole global batch on every rank. OK at once for one process.
+absl::Status SyncGradients(const TrainingLoopOptions& options);
 
 }  // namespace offsite
 

@@ -53,6 +53,7 @@ int DecodeWaitStatus(int status) {
 
 std::string ServerBinary() { return OFFSITE_SERVER_BIN; }
 std::string ClientBinary() { return OFFSITE_CLIENT_BIN; }
+std::string WorkerBinary() { return OFFSITE_WORKER_BIN; }
 
 TempDir::TempDir() {
   const char* base = std::getenv("TMPDIR");

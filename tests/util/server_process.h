@@ -37,6 +37,7 @@ namespace offsite::testutil {
 // Paths of the binaries under test (compile definitions set by tests/CMakeLists.txt).
 std::string ServerBinary();
 std::string ClientBinary();
+std::string WorkerBinary();
 
 // A fresh directory under $TMPDIR (or /tmp), removed with its contents when
 // the object goes away.

@@ -1,0 +1,102 @@
+#ifndef OFFSITE_COMMON_DATA_PARALLEL_H_
+#define OFFSITE_COMMON_DATA_PARALLEL_H_
+
+// Data-parallel training on PyTorch's own distributed engine: the ranks of a
+// job meet at a c10d TCPStore (hosted by rank 0), form a Gloo process group,
+// start from rank 0's weights, and after every backward pass sum their
+// gradients, each weighted by its share of the global batch, so every rank
+// takes the step one process would take on the whole batch.
+//
+// Any model trains this way through its parameter list; nothing is specific
+// to a job kind. server/jobs/training_loop.h wires it into the shared loop.
+//
+// Example (each rank):
+//   DataParallelOptions options{rank, world_size, "10.0.0.7:29500", "job-1/1"};
+//   absl::StatusOr<std::unique_ptr<DataParallel>> dp = DataParallel::Connect(options);
+//   (*dp)->Attach(model->parameters(), model->buffers());
+//   OFFSITE_RETURN_IF_ERROR((*dp)->BroadcastFromRankZero());
+//   for (...) {
+//     (*dp)->BeginStep(local_batch_size, global_batch_size);
+//     loss.backward();
+//     OFFSITE_RETURN_IF_ERROR((*dp)->AllReduceGradients());
+//     optimizer.step();
+//   }
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace offsite {
+
+struct DataParallelOptions {
+  int rank = 0;
+  int world_size = 1;
+  // host:port of rank 0's TCPStore; rank 0 listens on that port.
+  std::string store_address;
+  // Keys of this group in the store, e.g. "<job id>/<attempt>".
+  std::string prefix;
+  // How long to wait for the other ranks (rendezvous and each collective).
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+  // Gradients travel in flat buckets of at most this many bytes.
+  int64_t bucket_bytes = int64_t{25} << 20;
+};
+
+// Time spent in collectives, for benchmarks and logs.
+struct DataParallelStats {
+  int64_t allreduce_calls = 0;
+  double allreduce_seconds = 0;
+  int64_t allreduce_bytes = 0;
+};
+
+class DataParallel {
+ public:
+  // Rendezvous with the other ranks. Unavailable when they do not all arrive
+  // within options.timeout; InvalidArgument for a bad rank or address.
+  static absl::StatusOr<std::unique_ptr<DataParallel>> Connect(const DataParallelOptions& options);
+  ~DataParallel();
+
+  int rank() const { return options_.rank; }
+  int world_size() const { return options_.world_size; }
+
+  // The tensors kept identical on every rank: parameters (whose gradients are
+  // reduced) and buffers (e.g. running statistics, only broadcast).
+  void Attach(std::vector<at::Tensor> parameters, std::vector<at::Tensor> buffers = {});
+  // Copies rank 0's parameters and buffers to every rank.
+  absl::Status BroadcastFromRankZero();
+  // This rank holds `local` of the step's `global` examples; its gradient
+  // counts with weight local / global (equal shares: a plain average).
+  void BeginStep(int64_t local, int64_t global);
+  // Sums the weighted gradients of the attached parameters over the ranks, in
+  // buckets launched together. A parameter without a gradient counts as zero.
+  absl::Status AllReduceGradients();
+  // Sums `values` element-wise over the ranks (metrics, counts).
+  absl::StatusOr<std::vector<double>> AllReduceSum(std::vector<double> values);
+
+  const DataParallelStats& stats() const { return stats_; }
+
+ private:
+  struct Group;
+  DataParallel(DataParallelOptions options, std::unique_ptr<Group> group);
+
+  DataParallelOptions options_;
+  std::unique_ptr<Group> group_;
+  std::vector<at::Tensor> parameters_;
+  std::vector<at::Tensor> buffers_;
+  double step_weight_ = 1.0;
+  DataParallelStats stats_;
+};
+
+// The [begin, end) share of rank `rank` among `world_size` ranks of `count`
+// examples: contiguous, sizes differing by at most one.
+std::pair<int64_t, int64_t> RankShare(int64_t count, int rank, int world_size);
+
+}  // namespace offsite
+
+#endif  // OFFSITE_COMMON_DATA_PARALLEL_H_

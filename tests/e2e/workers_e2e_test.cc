@@ -1,0 +1,264 @@
+// End-to-end: the real offsite-server with no in-process workers
+// (--workers=0) and offsite-worker processes leasing its jobs over mTLS: a job
+// runs on a worker and leaves a downloadable model; a worker killed with
+// SIGKILL mid-job loses its lease and the job finishes on another worker from
+// the checkpoint the first one saved; a job asking for two workers trains on
+// both, data-parallel.
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "client/transfer.h"
+#include "common/file_util.h"
+#include "common/sha256.h"
+#include "gtest/gtest.h"
+#include "offsite/v1/artifact.grpc.pb.h"
+#include "offsite/v1/job.grpc.pb.h"
+#include "offsite/v1/worker.grpc.pb.h"
+#include "tests/util/job_helpers.h"
+#include "tests/util/server_process.h"
+
+namespace offsite {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using testutil::ChildProcess;
+using testutil::FashionMnistFfSpec;
+using testutil::IsFinished;
+using testutil::ServerOptions;
+using testutil::ServerProcess;
+using testutil::TempDir;
+
+class WorkersE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!testutil::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+    ServerOptions options;
+    options.data_dir = tmp_.File("data");
+    options.workers = 0;  // remote workers only
+    options.checkpoint_interval_s = 1;
+    options.extra_flags = {"--lease_timeout_s=2"};
+    absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    jobs_ = v1::JobService::NewStub(server_->Channel("owner"));
+  }
+
+  void TearDown() override {
+    if (HasFailure()) {
+      for (const std::string& name : worker_names_) {
+        std::cerr << "---- " << name << " log ----\n"
+                  << ReadFile(tmp_.File(name + ".log")).value_or("") << "\n";
+      }
+    }
+  }
+
+  // Starts an offsite-worker process with its own certificate (role worker).
+  std::unique_ptr<ChildProcess> StartWorker(const std::string& name,
+                                            const std::string& rendezvous = "") {
+    EXPECT_TRUE(server_->IssueIdentity(name, "worker").ok());
+    worker_names_.push_back(name);
+    const std::string certs = server_->certs_dir();
+    absl::StatusOr<std::unique_ptr<ChildProcess>> worker = ChildProcess::Spawn(
+        {testutil::WorkerBinary(), "--server", server_->address(), "--ca", certs + "/ca.pem",
+         "--cert", absl::StrCat(certs, "/", name, ".pem"), "--key",
+         absl::StrCat(certs, "/", name, ".key"), "--threads", "1", "--name", name, "--work_dir",
+         tmp_.File(name), "--lease_wait_ms", "1000", "--rendezvous_address", rendezvous},
+        tmp_.File(name + ".log"), tmp_.File(name + ".log"));
+    EXPECT_TRUE(worker.ok()) << worker.status();
+    return worker.ok() ? std::move(*worker) : nullptr;
+  }
+
+  TempDir tmp_;
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<v1::JobService::Stub> jobs_;
+  std::vector<std::string> worker_names_;
+};
+
+// A free TCP port on loopback (bound once, then released for the worker).
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  socklen_t length = sizeof(address);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+// The worker whose log says it leased `job_id` ("" if none did).
+std::string LeasedBy(const TempDir& tmp, const std::vector<std::string>& names,
+                     const std::string& job_id) {
+  for (const std::string& name : names) {
+    if (absl::StrContains(ReadFile(tmp.File(name + ".log")).value_or(""), "leased job " + job_id)) {
+      return name;
+    }
+  }
+  return "";
+}
+
+// The worker named in the job's last RUNNING event ("attempt N on worker NAME (...)").
+std::string RunningOn(v1::JobService::Stub& jobs, const std::string& id) {
+  absl::StatusOr<std::vector<v1::JobEvent>> events = testutil::JobEvents(jobs, id, seconds(2));
+  std::string worker;
+  if (!events.ok()) return worker;
+  for (const v1::JobEvent& event : *events) {
+    const std::string& message = event.state().message();
+    const size_t at = message.find(" on worker ");
+    if (event.state().state() == v1::RUNNING && at != std::string::npos) {
+      worker = message.substr(at + 11, message.find(' ', at + 11) - (at + 11));
+    }
+  }
+  return worker;
+}
+
+TEST_F(WorkersE2eTest, JobRunsOnRemoteWorkerAndItsModelDownloadsIntact) {
+  // Only the worker role may lease.
+  {
+    auto owner_as_worker = v1::WorkerService::NewStub(server_->Channel("owner"));
+    grpc::ClientContext context;
+    v1::LeaseRequest request;
+    v1::LeaseResponse response;
+    EXPECT_EQ(owner_as_worker->Lease(&context, request, &response).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+  }
+  std::unique_ptr<ChildProcess> worker = StartWorker("worker-a");
+  ASSERT_NE(worker, nullptr);
+  absl::StatusOr<v1::Job> submitted =
+      testutil::SubmitJob(*jobs_, FashionMnistFfSpec(1000, 500, 2, {100, 100}));
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+
+  absl::StatusOr<v1::Job> job =
+      testutil::WaitForJob(*jobs_, submitted->id(), IsFinished, seconds(60));
+  ASSERT_TRUE(job.ok()) << job.status();
+  ASSERT_EQ(job->state(), v1::SUCCEEDED) << job->error();
+  EXPECT_EQ(job->attempts(), 1);
+  EXPECT_EQ(job->metrics().at("epoch"), 2);
+  EXPECT_GT(job->metrics().at("test_accuracy_softmax"), 0.15);  // chance: 0.1
+  EXPECT_EQ(RunningOn(*jobs_, job->id()), "worker-a");
+
+  ASSERT_EQ(job->artifact_ids_size(), 1);
+  auto artifacts = v1::ArtifactService::NewStub(server_->Channel("owner"));
+  const std::string model_path = tmp_.File("model.pt");
+  absl::StatusOr<v1::Artifact> artifact =
+      DownloadArtifact(*artifacts, job->artifact_ids(0), model_path);
+  ASSERT_TRUE(artifact.ok()) << artifact.status();
+  EXPECT_EQ(artifact->owner(), "owner");
+  EXPECT_EQ(artifact->job_id(), job->id());
+  EXPECT_GT(artifact->size(), 0);
+  EXPECT_EQ(Sha256File(model_path).value_or(""), artifact->sha256());
+
+  // The worker is still there for the next job, and stops cleanly on SIGTERM.
+  EXPECT_TRUE(worker->Running());
+  worker->Signal(SIGTERM);
+  absl::StatusOr<int> code = worker->Wait(seconds(15));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0);
+}
+
+TEST_F(WorkersE2eTest, KilledWorkersJobIsRequeuedAndFinishesOnAnotherFromItsCheckpoint) {
+  std::unique_ptr<ChildProcess> a = StartWorker("worker-a");
+  std::unique_ptr<ChildProcess> b = StartWorker("worker-b");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  absl::StatusOr<v1::Job> submitted =
+      testutil::SubmitJob(*jobs_, FashionMnistFfSpec(2000, 500, 10, {100, 100}));
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  const std::string id = submitted->id();
+
+  // Once the first epoch's checkpoint has reached the server, kill its worker.
+  const std::string checkpoint = server_->data_dir() + "/jobs/" + id + "/checkpoint.pt";
+  absl::StatusOr<v1::Job> running = testutil::WaitForJob(
+      *jobs_, id,
+      [&](const v1::Job& job) {
+        return IsFinished(job) || (job.metrics().count("epoch") > 0 && FileExists(checkpoint));
+      },
+      seconds(60));
+  ASSERT_TRUE(running.ok()) << running.status();
+  ASSERT_EQ(running->state(), v1::RUNNING) << "finished before the kill";
+  const std::string first = LeasedBy(tmp_, worker_names_, id);
+  ASSERT_TRUE(first == "worker-a" || first == "worker-b") << first;
+  (first == "worker-a" ? a : b)->Kill();
+
+  absl::StatusOr<v1::Job> job = testutil::WaitForJob(*jobs_, id, IsFinished, seconds(90));
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->state(), v1::SUCCEEDED) << job->error();
+  EXPECT_EQ(job->attempts(), 2);
+  EXPECT_EQ(job->metrics().at("epoch"), 10);
+  EXPECT_EQ(job->artifact_ids_size(), 1);
+  EXPECT_EQ(RunningOn(*jobs_, id), first == "worker-a" ? "worker-b" : "worker-a");
+
+  absl::StatusOr<std::vector<v1::JobEvent>> history = testutil::JobEvents(*jobs_, id);
+  ASSERT_TRUE(history.ok()) << history.status();
+  bool requeued = false, resumed = false;
+  for (const v1::JobEvent& event : *history) {
+    requeued |= event.state().state() == v1::QUEUED &&
+                absl::StrContains(event.state().message(), "stopped renewing its lease");
+    resumed |= event.has_log() && absl::StrContains(event.log().text(), "resumed from checkpoint");
+  }
+  EXPECT_TRUE(requeued) << "no requeue event in the job's history";
+  EXPECT_TRUE(resumed) << "no 'resumed from checkpoint' log line";
+}
+
+}  // namespace
+}  // namespace offsite
+
+namespace offsite {
+namespace {
+
+TEST_F(WorkersE2eTest, JobAskingForTwoWorkersTrainsOnBothDataParallel) {
+  std::unique_ptr<ChildProcess> a = StartWorker("worker-a", absl::StrCat("127.0.0.1:", FreePort()));
+  std::unique_ptr<ChildProcess> b = StartWorker("worker-b", absl::StrCat("127.0.0.1:", FreePort()));
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  // A tiny ConvNeXt fine-tuned from scratch on 200 labelled images.
+  v1::JobSpec spec;
+  spec.mutable_resources()->set_workers(2);
+  v1::FinetuneSpec* finetune = spec.mutable_finetune();
+  finetune->mutable_arch()->add_depths(1);
+  finetune->mutable_arch()->add_depths(1);
+  finetune->mutable_arch()->add_dims(16);
+  finetune->mutable_arch()->add_dims(32);
+  finetune->set_label_subset(200);
+  finetune->mutable_data()->set_test_subset(200);
+  finetune->set_epochs(2);
+  finetune->set_batch_size(50);
+  absl::StatusOr<v1::Job> submitted = testutil::SubmitJob(*jobs_, spec);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+
+  absl::StatusOr<v1::Job> job =
+      testutil::WaitForJob(*jobs_, submitted->id(), IsFinished, seconds(120));
+  ASSERT_TRUE(job.ok()) << job.status();
+  ASSERT_EQ(job->state(), v1::SUCCEEDED) << job->error();
+  EXPECT_EQ(job->attempts(), 1);
+  EXPECT_EQ(job->artifact_ids_size(), 2);  // rank 0's outputs only
+  EXPECT_EQ(job->metrics().at("epoch"), 2);
+  EXPECT_FALSE(LeasedBy(tmp_, {"worker-a"}, job->id()).empty());
+  EXPECT_FALSE(LeasedBy(tmp_, {"worker-b"}, job->id()).empty());
+
+  absl::StatusOr<std::vector<v1::JobEvent>> history = testutil::JobEvents(*jobs_, job->id());
+  ASSERT_TRUE(history.ok()) << history.status();
+  bool rank0 = false, rank1 = false;
+  for (const v1::JobEvent& event : *history) {
+    rank0 |= absl::StrContains(event.state().message(), "rank 0 of 2");
+    rank1 |= absl::StrContains(event.log().text(), "rank 1 of 2 on worker");
+  }
+  EXPECT_TRUE(rank0) << "no rank 0 in the job's history";
+  EXPECT_TRUE(rank1) << "no rank 1 in the job's history";
+}
+
+}  // namespace
+}  // namespace offsite
