@@ -47,4 +47,45 @@ absl::Status WritePng(const std::string& path, const uint8_t* pixels, int width,
   return absl::OkStatus();
 }
 
+absl::StatusOr<GrayImage> ReadPngGray(const std::string& path, bool raw) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) {
+    const int error = errno;
+    if (error == ENOENT) return absl::NotFoundError(absl::StrCat("reading PNG ", path, ": no such file"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("reading PNG ", path, ": ", std::strerror(error)));
+  }
+  png_image image;
+  std::memset(&image, 0, sizeof(image));
+  image.version = PNG_IMAGE_VERSION;
+  if (!png_image_begin_read_from_stdio(&image, file)) {
+    const std::string message = image.message;
+    std::fclose(file);
+    return absl::InvalidArgumentError(absl::StrCat("reading PNG ", path, ": ", message));
+  }
+  // A class-index mask must keep its stored values: only 8-bit gray images
+  // are read without conversion.
+  if (raw && (image.format & (PNG_FORMAT_FLAG_COLOR | PNG_FORMAT_FLAG_COLORMAP |
+                              PNG_FORMAT_FLAG_LINEAR)) != 0) {
+    png_image_free(&image);
+    std::fclose(file);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "reading PNG ", path, ": a class mask must be an 8-bit grayscale PNG"));
+  }
+  image.format = PNG_FORMAT_GRAY;
+  GrayImage gray;
+  gray.width = static_cast<int>(image.width);
+  gray.height = static_cast<int>(image.height);
+  gray.pixels.resize(PNG_IMAGE_SIZE(image));
+  png_color background = {0, 0, 0};
+  const int ok = png_image_finish_read(&image, &background, gray.pixels.data(), 0, nullptr);
+  std::fclose(file);
+  if (!ok) {
+    const std::string message = image.message;
+    png_image_free(&image);
+    return absl::InvalidArgumentError(absl::StrCat("reading PNG ", path, ": ", message));
+  }
+  return gray;
+}
+
 }  // namespace offsite

@@ -2,12 +2,14 @@
 #define OFFSITE_COMMON_PNG_IMAGE_H_
 
 // PNG output through libpng, for images a person looks at (e.g. FCMAE
-// reconstruction grids).
+// reconstruction grids), and 8-bit grayscale input (users' image folders).
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace offsite {
 
@@ -22,6 +24,20 @@ namespace offsite {
 //                                    grid.size(0), grid.size(2)));
 absl::Status WritePng(const std::string& path, const uint8_t* pixels, int width, int height,
                       int channels);
+
+// An 8-bit grayscale image, row-major: pixels[row * width + column].
+struct GrayImage {
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> pixels;
+};
+
+// Reads any PNG (gray, gray+alpha, RGB, RGBA, palette; 8 or 16 bit) as 8-bit
+// grayscale; colour is converted by libpng's sRGB luminance weights, alpha is
+// composited on black. With `raw` (class-index masks) only 8-bit gray PNGs are
+// accepted, and their stored values are returned unchanged. NotFound when the file does not exist;
+// InvalidArgument naming the file when it is not a readable PNG.
+absl::StatusOr<GrayImage> ReadPngGray(const std::string& path, bool raw = false);
 
 }  // namespace offsite
 

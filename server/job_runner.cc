@@ -3,6 +3,7 @@
 #include "server/jobs/fcmae_job.h"
 #include "server/jobs/finetune_job.h"
 #include "server/jobs/forward_forward_job.h"
+#include "server/jobs/mic_job.h"
 #include "server/jobs/offsite_tuning_jobs.h"
 
 namespace offsite {
@@ -21,6 +22,7 @@ RunnerRegistry DefaultRunners(OffsiteStore* offsite_store, ArtifactStore* artifa
   runners[v1::JobSpec::kForwardForward] = std::make_unique<ForwardForwardJob>();
   runners[v1::JobSpec::kFcmae] = std::make_unique<FcmaeJob>();
   runners[v1::JobSpec::kFinetune] = std::make_unique<FinetuneJob>();
+  runners[v1::JobSpec::kMic] = std::make_unique<MicJob>();
   return runners;
 }
 

@@ -1,0 +1,87 @@
+// A MIC segmentation job through the real server: submitted over gRPC, its
+// metrics streamed per evaluation, the student and final metrics downloadable;
+// a bad spec is refused at submission naming the field.
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/transfer.h"
+#include "common/file_util.h"
+#include "gtest/gtest.h"
+#include "offsite/v1/artifact.grpc.pb.h"
+#include "offsite/v1/job.grpc.pb.h"
+#include "tests/util/job_helpers.h"
+#include "tests/util/server_process.h"
+
+namespace offsite {
+namespace {
+
+using std::chrono::seconds;
+using testutil::IsFinished;
+using testutil::ServerOptions;
+using testutil::ServerProcess;
+using testutil::TempDir;
+
+TEST(MicE2eTest, SegmentationJobStreamsMetricsAndLeavesTheStudent) {
+  if (!testutil::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  TempDir tmp;
+  ServerOptions options;
+  options.data_dir = tmp.File("data");
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto jobs = v1::JobService::NewStub((*server)->Channel("owner"));
+  auto artifacts = v1::ArtifactService::NewStub((*server)->Channel("owner"));
+
+  v1::JobSpec spec;
+  v1::MicSpec* mic = spec.mutable_mic();
+  mic->set_task("segmentation");
+  mic->set_method("mic");
+  mic->mutable_data()->set_train_subset(200);
+  mic->mutable_data()->set_test_subset(60);
+  mic->set_canvas_size(32);
+  mic->mutable_arch()->add_depths(1);
+  mic->mutable_arch()->add_depths(1);
+  mic->mutable_arch()->add_dims(8);
+  mic->mutable_arch()->add_dims(16);
+  mic->set_steps(8);
+  mic->set_batch_size(8);
+  mic->set_warmup_steps(2);
+  mic->set_eval_every(4);
+  auto submitted = testutil::SubmitJob(*jobs, spec);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  EXPECT_EQ(submitted->kind(), "mic");
+  auto done = testutil::WaitForJob(*jobs, submitted->id(), IsFinished, seconds(120));
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_EQ(done->state(), v1::SUCCEEDED) << done->error();
+  for (const char* name : {"source_loss", "pseudo_label_confidence", "quality_weight",
+                           "target_accuracy", "target_miou", "target_iou_0"}) {
+    EXPECT_TRUE(done->metrics().count(name)) << name;
+  }
+  EXPECT_GT(done->metrics().at("target_miou"), 0);
+  EXPECT_LE(done->metrics().at("target_miou"), 1);
+
+  // One metrics event per evaluation (steps 4 and 8).
+  auto events = testutil::JobEvents(*jobs, submitted->id());
+  ASSERT_TRUE(events.ok()) << events.status();
+  int metric_events = 0;
+  for (const v1::JobEvent& event : *events) metric_events += event.has_metrics();
+  EXPECT_EQ(metric_events, 2);
+
+  ASSERT_EQ(done->artifact_ids_size(), 2);  // student, metrics
+  auto metrics = DownloadArtifact(*artifacts, done->artifact_ids(1), tmp.File("metrics.txt"));
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->name(), "mic_metrics.txt");
+  EXPECT_NE(ReadFile(tmp.File("metrics.txt")).value().find("target_miou "), std::string::npos);
+
+  v1::JobSpec bad = spec;
+  bad.mutable_mic()->set_mask_ratio(2);
+  auto refused = testutil::SubmitJob(*jobs, bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("mic.mask_ratio"), std::string::npos)
+      << refused.status();
+}
+
+}  // namespace
+}  // namespace offsite
