@@ -21,7 +21,8 @@ ABSL_FLAG(std::string, cert, "", "This worker's client certificate PEM (role wor
 ABSL_FLAG(std::string, key, "", "This worker's private key PEM");
 ABSL_FLAG(bool, insecure, false, "Plaintext, against a server started with --insecure only");
 ABSL_FLAG(std::string, name, "", "Name shown in the jobs' history [host name]");
-ABSL_FLAG(int, threads, 1, "LibTorch intra-op threads per job (advertised to the scheduler)");
+ABSL_FLAG(int, threads, 0,
+          "LibTorch intra-op threads per job (advertised to the scheduler); 0: every core");
 ABSL_FLAG(int64_t, memory_mb, 0, "Memory offered to a job, MiB [physical memory]");
 ABSL_FLAG(std::string, device, "cpu", "torch::Device for jobs, e.g. cpu or cuda:0");
 ABSL_FLAG(std::string, work_dir, "offsite-worker",
@@ -62,8 +63,8 @@ int main(int argc, char** argv) {
   options.work_root = absl::GetFlag(FLAGS_work_dir);
   options.rendezvous_address = absl::GetFlag(FLAGS_rendezvous_address);
   options.lease_wait_ms = absl::GetFlag(FLAGS_lease_wait_ms);
-  if (options.threads < 1 || options.lease_wait_ms < 0 || options.lease_wait_ms > 30000) {
-    std::cerr << "offsite-worker: --threads must be >= 1 and --lease_wait_ms in [0, 30000]\n";
+  if (options.threads < 0 || options.lease_wait_ms < 0 || options.lease_wait_ms > 30000) {
+    std::cerr << "offsite-worker: --threads must be >= 0 and --lease_wait_ms in [0, 30000]\n";
     return 2;
   }
   absl::Status device = offsite::CheckDevice(options.device);
@@ -77,7 +78,8 @@ int main(int argc, char** argv) {
     std::cerr << "offsite-worker: " << channel.status().message() << "\n";
     return 2;
   }
-  offsite::ConfigureThreads(options.threads);
+  // Advertise the threads actually set, every core for 0.
+  options.threads = offsite::ConfigureThreads(options.threads);
   offsite::RunnerRegistry runners = offsite::WorkerRunners();
   offsite::RemoteWorker worker(*channel, &runners, options);
   std::cerr << "offsite-worker: " << offsite::RuntimeSummary() << "\n";
