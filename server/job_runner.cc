@@ -5,6 +5,7 @@
 #include "server/jobs/forward_forward_job.h"
 #include "server/jobs/mic_job.h"
 #include "server/jobs/offsite_tuning_jobs.h"
+#include "server/jobs/reward_tuning_jobs.h"
 
 namespace offsite {
 
@@ -23,6 +24,8 @@ RunnerRegistry DefaultRunners(OffsiteStore* offsite_store, ArtifactStore* artifa
   runners[v1::JobSpec::kFcmae] = std::make_unique<FcmaeJob>();
   runners[v1::JobSpec::kFinetune] = std::make_unique<FinetuneJob>();
   runners[v1::JobSpec::kMic] = std::make_unique<MicJob>();
+  runners[v1::JobSpec::kDetectionMle] = std::make_unique<DetectionMleJob>();
+  runners[v1::JobSpec::kRewardTune] = std::make_unique<RewardTuneJob>();
   return runners;
 }
 

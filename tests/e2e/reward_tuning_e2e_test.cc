@@ -1,0 +1,103 @@
+// Maximum-likelihood detection training, then REINFORCE from its detector,
+// through the real server: both jobs succeed and stream their figures.
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "offsite/v1/job.grpc.pb.h"
+#include "tests/util/job_helpers.h"
+#include "tests/util/server_process.h"
+
+namespace offsite {
+namespace {
+
+using std::chrono::seconds;
+using testutil::IsFinished;
+using testutil::ServerOptions;
+using testutil::ServerProcess;
+using testutil::TempDir;
+
+TEST(RewardTuningE2eTest, DetectionMleThenRewardTuningFromItsDetector) {
+  if (!testutil::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  TempDir tmp;
+  ServerOptions options;
+  options.data_dir = tmp.File("data");
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto jobs = v1::JobService::NewStub((*server)->Channel("owner"));
+
+  // A few 32 px scenes and a tiny detector, so the pair takes seconds.
+  v1::JobSpec mle_spec;
+  v1::DetectionMleSpec* mle = mle_spec.mutable_detection_mle();
+  mle->mutable_scenes()->mutable_items()->set_train_subset(500);
+  mle->mutable_scenes()->mutable_items()->set_test_subset(200);
+  mle->mutable_scenes()->set_train_scenes(32);
+  mle->mutable_scenes()->set_test_scenes(8);
+  mle->mutable_scenes()->set_canvas_size(32);
+  mle->mutable_scenes()->set_max_objects(2);
+  mle->mutable_scenes()->set_min_scale(0.4);
+  mle->mutable_scenes()->set_max_scale(0.5);
+  mle->mutable_arch()->add_encoder_depths(1);
+  mle->mutable_arch()->add_encoder_dims(16);
+  mle->mutable_arch()->set_decoder_layers(1);
+  mle->mutable_arch()->set_decoder_width(32);
+  mle->mutable_arch()->set_decoder_heads(2);
+  mle->mutable_arch()->set_coordinate_bins(32);
+  mle->set_epochs(2);
+  mle->set_batch_size(16);
+  auto submitted = testutil::SubmitJob(*jobs, mle_spec);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  EXPECT_EQ(submitted->kind(), "detection_mle");
+  auto trained = testutil::WaitForJob(*jobs, submitted->id(), IsFinished, seconds(120));
+  ASSERT_TRUE(trained.ok()) << trained.status();
+  ASSERT_EQ(trained->state(), v1::SUCCEEDED) << trained->error();
+  for (const char* name :
+       {"loss", "test_map", "test_map50", "test_recall", "test_duplicate_rate"}) {
+    EXPECT_TRUE(trained->metrics().count(name)) << name;
+  }
+  EXPECT_EQ(trained->metrics().at("epoch"), 2);
+  ASSERT_EQ(trained->artifact_ids_size(), 1);  // detector.pt
+
+  v1::JobSpec tune_spec;
+  v1::RewardTuneSpec* tune = tune_spec.mutable_reward_tune();
+  tune->set_pretrained_artifact(trained->artifact_ids(0));
+  tune->set_samples_per_input(4);
+  tune->set_batch_size(4);
+  tune->set_steps(6);
+  tune->set_eval_every(3);
+  tune->set_learning_rate(1e-4);
+  submitted = testutil::SubmitJob(*jobs, tune_spec);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  EXPECT_EQ(submitted->kind(), "reward_tune");
+  auto tuned = testutil::WaitForJob(*jobs, submitted->id(), IsFinished, seconds(120));
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  ASSERT_EQ(tuned->state(), v1::SUCCEEDED) << tuned->error();
+  for (const char* name : {"sampled_reward", "greedy_reward", "entropy", "output_length",
+                           "test_map", "initial_test_map"}) {
+    EXPECT_TRUE(tuned->metrics().count(name)) << name;
+  }
+  EXPECT_EQ(tuned->metrics().at("step"), 6);
+  EXPECT_EQ(tuned->artifact_ids_size(), 2);  // detector.pt, metrics.json
+
+  // The stream carried the figures as they came: the starting model's, and
+  // training figures before the end.
+  auto events = testutil::JobEvents(*jobs, submitted->id());
+  ASSERT_TRUE(events.ok()) << events.status();
+  int with_sampled_reward = 0;
+  for (const v1::JobEvent& event : *events) {
+    with_sampled_reward += event.has_metrics() && event.metrics().values().count("sampled_reward");
+  }
+  EXPECT_GE(with_sampled_reward, 2);
+
+  // A bad spec is refused at submission, naming the field.
+  tune->set_samples_per_input(1);
+  auto refused = testutil::SubmitJob(*jobs, tune_spec);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("samples_per_input"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace offsite
