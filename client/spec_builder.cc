@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -40,8 +41,9 @@ absl::StatusOr<Int> ParseInt(const std::string& path, const std::string& text) {
   if constexpr (std::is_signed_v<Int>) {
     if (!absl::SimpleAtoi(text, &wide) || wide < std::numeric_limits<Int>::min() ||
         wide > std::numeric_limits<Int>::max()) {
-      return BadValue(path, text, absl::StrCat("an integer in [", std::numeric_limits<Int>::min(),
-                                               ", ", std::numeric_limits<Int>::max(), "]"));
+      return BadValue(path, text,
+                      absl::StrCat("an integer in [", std::numeric_limits<Int>::min(), ", ",
+                                   std::numeric_limits<Int>::max(), "]"));
     }
     return static_cast<Int>(wide);
   } else {
@@ -167,8 +169,8 @@ absl::Status SetField(Message* message, const std::string& assignment) {
       target->GetReflection()->ClearField(target, field);
       if (value.empty()) return absl::OkStatus();
       for (absl::string_view item : absl::StrSplit(value, ',')) {
-        OFFSITE_RETURN_IF_ERROR(SetScalar(target, field, path,
-                                          std::string(absl::StripAsciiWhitespace(item))));
+        OFFSITE_RETURN_IF_ERROR(
+            SetScalar(target, field, path, std::string(absl::StripAsciiWhitespace(item))));
       }
       return absl::OkStatus();
     }
@@ -181,13 +183,21 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const std::string& kind, const std::str
                                          const std::vector<std::string>& assignments) {
   const FieldDescriptor* kind_field = FindKindField(kind);
   if (kind_field == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown job kind \"", kind,
-                                                   "\"; kinds: ", absl::StrJoin(JobKinds(), ", ")));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown job kind \"", kind, "\"; kinds: ", absl::StrJoin(JobKinds(), ", ")));
   }
   v1::JobSpec spec;
   Message* typed = spec.GetReflection()->MutableMessage(&spec, kind_field);
   if (!spec_file.empty()) OFFSITE_RETURN_IF_ERROR(ReadTextProtoFile(spec_file, typed));
+  constexpr absl::string_view kResources = "resources.";
   for (const std::string& assignment : assignments) {
+    // What the job asks of its workers is not part of the kind's spec:
+    // --set resources.workers=2 sets JobSpec.resources.
+    if (absl::StartsWith(assignment, kResources)) {
+      absl::Status set = SetField(spec.mutable_resources(), assignment.substr(kResources.size()));
+      if (!set.ok()) return absl::InvalidArgumentError(absl::StrCat("resources.", set.message()));
+      continue;
+    }
     OFFSITE_RETURN_IF_ERROR(SetField(typed, assignment));
   }
   return spec;

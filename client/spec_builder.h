@@ -7,6 +7,8 @@
 // KIND is the JobSpec oneof field name ('-' may stand for '_'); a --spec FILE
 // holds the kind's message in text format, and --set values override it.
 // Nested fields are reached with dots, repeated fields take comma lists.
+// `resources.*` sets what the job asks of its workers (JobSpec.resources),
+// e.g. --set resources.workers=2 for a data-parallel run.
 
 #include <string>
 #include <vector>

@@ -66,6 +66,19 @@ TEST(SpecBuilderTest, SpecFileIsReadAndSetOverridesIt) {
   EXPECT_NE(bad.message().find("line 1"), std::string::npos);
 }
 
+TEST(SpecBuilderTest, ResourcesAreSetBesideTheKindsSpec) {
+  absl::StatusOr<v1::JobSpec> spec =
+      BuildJobSpec("finetune", "", {"epochs=2", "resources.workers=2", "resources.threads=4"});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->finetune().epochs(), 2);
+  EXPECT_EQ(spec->resources().workers(), 2);
+  EXPECT_EQ(spec->resources().threads(), 4);
+  absl::Status bad = BuildJobSpec("finetune", "", {"resources.gpus=1"}).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("resources."), std::string::npos) << bad.message();
+  EXPECT_NE(bad.message().find("gpus"), std::string::npos) << bad.message();
+}
+
 TEST(CliArgsTest, ParsesPositionalsFlagsSwitchesAndRepeats) {
   CliArgs args = CliArgs::Parse({"submit", "ff", "--set", "a=1", "--set=b=2", "--watch", "--json",
                                  "--server", "h:1"},
