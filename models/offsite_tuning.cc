@@ -24,13 +24,20 @@ namespace {
 
 std::string DtypeName(const torch::Tensor& t) {
   switch (t.scalar_type()) {
-    case torch::kFloat: return "F32";
-    case torch::kHalf: return "F16";
-    case torch::kBFloat16: return "BF16";
-    case torch::kDouble: return "F64";
-    case torch::kLong: return "I64";
-    case torch::kInt: return "I32";
-    default: return std::string(c10::toString(t.scalar_type()));
+    case torch::kFloat:
+      return "F32";
+    case torch::kHalf:
+      return "F16";
+    case torch::kBFloat16:
+      return "BF16";
+    case torch::kDouble:
+      return "F64";
+    case torch::kLong:
+      return "I64";
+    case torch::kInt:
+      return "I32";
+    default:
+      return std::string(c10::toString(t.scalar_type()));
   }
 }
 
@@ -59,8 +66,8 @@ absl::Status ParseMeta(const SafetensorsFile& file, const std::string& key,
     return absl::InvalidArgumentError(absl::StrCat("no '", key, "' in the file's metadata"));
   }
   if (!google::protobuf::TextFormat::ParseFromString(it->second, message)) {
-    return absl::InvalidArgumentError(absl::StrCat("metadata '", key, "' is not a valid ",
-                                                   message->GetTypeName()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("metadata '", key, "' is not a valid ", message->GetTypeName()));
   }
   return absl::OkStatus();
 }
@@ -69,8 +76,8 @@ absl::Status CheckFormat(const SafetensorsFile& file, const std::string& expecte
   auto it = file.metadata.find(kMetaFormat);
   const std::string found = it == file.metadata.end() ? "" : it->second;
   if (found != expected) {
-    return absl::InvalidArgumentError(absl::StrCat("expected an Offsite ", expected,
-                                                   " file, found format '", found, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected an Offsite ", expected, " file, found format '", found, "'"));
   }
   return absl::OkStatus();
 }
@@ -144,11 +151,11 @@ void WriteTrainState(int64_t step, const std::vector<torch::Tensor>& trainable,
   optimizer.save(optimizer_archive);
   archive.write("optimizer", optimizer_archive);
   archive.write("best_step", torch::tensor(best.best_step));
-  archive.write("best_figures",
-                torch::tensor(std::vector<double>{best.best.loss, best.best.accuracy,
-                                                  best.best.perplexity,
-                                                  static_cast<double>(best.best.count)},
-                              torch::kDouble));
+  archive.write(
+      "best_figures",
+      torch::tensor(std::vector<double>{best.best.loss, best.best.accuracy, best.best.perplexity,
+                                        static_cast<double>(best.best.count)},
+                    torch::kDouble));
 }
 
 // Restores what WriteTrainState wrote into the same run's tensors; returns
@@ -156,8 +163,7 @@ void WriteTrainState(int64_t step, const std::vector<torch::Tensor>& trainable,
 absl::StatusOr<int64_t> ReadTrainState(torch::serialize::InputArchive& archive,
                                        std::vector<torch::Tensor>& trainable,
                                        torch::optim::Optimizer& optimizer,
-                                       std::vector<torch::Tensor>& best_state,
-                                       TrainResult& best) {
+                                       std::vector<torch::Tensor>& best_state, TrainResult& best) {
   torch::Tensor step, count, best_step, figures;
   try {
     archive.read("step", step);
@@ -211,7 +217,8 @@ absl::StatusOr<TrainResult> RunSteps(torch::nn::Module& model, const TaskTensors
       trainable_names.push_back(item.key());
     }
   }
-  if (trainable.empty()) return absl::InvalidArgumentError("nothing to train: no tensor requires grad");
+  if (trainable.empty())
+    return absl::InvalidArgumentError("nothing to train: no tensor requires grad");
   auto optimizer = MakeAdamW(model, options.learning_rate, options.weight_decay, 0.999,
                              /*exclude_grn=*/true);
   TrainResult result;
@@ -223,12 +230,22 @@ absl::StatusOr<TrainResult> RunSteps(torch::nn::Module& model, const TaskTensors
     torch::serialize::InputArchive archive;
     const absl::Status loaded = checkpoint.load(archive);
     if (loaded.ok()) {
-      OFFSITE_ASSIGN_OR_RETURN(first_step, ReadTrainState(archive, trainable, *optimizer,
-                                                          best_state, result));
+      OFFSITE_ASSIGN_OR_RETURN(first_step,
+                               ReadTrainState(archive, trainable, *optimizer, best_state, result));
       ++first_step;
     } else if (!absl::IsNotFound(loaded)) {
       return loaded;
     }
+  }
+  DataParallel* dp = options.data_parallel;
+  if (dp != nullptr) {
+    if (options.batch_size < dp->world_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("batch_size ", options.batch_size,
+                                                     " is smaller than the ", dp->world_size(),
+                                                     " data-parallel ranks"));
+    }
+    dp->Attach(trainable);
+    OFFSITE_RETURN_IF_ERROR(dp->BroadcastFromRankZero());
   }
   auto evaluate = [&](int64_t step, std::map<std::string, double>& metrics) {
     Evaluation eval = validate();
@@ -248,10 +265,17 @@ absl::StatusOr<TrainResult> RunSteps(torch::nn::Module& model, const TaskTensors
   }
   for (int64_t step = first_step; step <= options.steps; ++step) {
     model.train();
-    const double lr = WarmupCosine(step - 1, options.warmup_steps, options.steps,
-                                   options.learning_rate, 0.0);
+    const double lr =
+        WarmupCosine(step - 1, options.warmup_steps, options.steps, options.learning_rate, 0.0);
     SetLearningRate(*optimizer, lr);
-    const Batch batch = SampleBatch(data, options.batch_size, options.seed * 1000003 + step);
+    Batch batch = SampleBatch(data, options.batch_size, options.seed * 1000003 + step);
+    if (dp != nullptr) {
+      const int64_t global = batch.input.size(0);
+      const auto [begin, end] = RankShare(global, dp->rank(), dp->world_size());
+      batch.input = batch.input.slice(0, begin, end);
+      if (batch.target.defined()) batch.target = batch.target.slice(0, begin, end);
+      dp->BeginStep(end - begin, global);
+    }
     optimizer->zero_grad();
     torch::Tensor loss = loss_fn(batch);
     const double loss_value = loss.item<double>();
@@ -260,6 +284,7 @@ absl::StatusOr<TrainResult> RunSteps(torch::nn::Module& model, const TaskTensors
                                               "; lower the learning rate"));
     }
     loss.backward();
+    if (dp != nullptr) OFFSITE_RETURN_IF_ERROR(dp->AllReduceGradients());
     if (options.clip_norm > 0) torch::nn::utils::clip_grad_norm_(trainable, options.clip_norm);
     optimizer->step();
     std::map<std::string, double> metrics = {{"train_loss", loss_value}, {"lr", lr}};
@@ -267,7 +292,9 @@ absl::StatusOr<TrainResult> RunSteps(torch::nn::Module& model, const TaskTensors
       evaluate(step, metrics);
     }
     if (callback && !callback(step, metrics)) return absl::CancelledError("stopped");
-    if (step < options.steps && checkpoint.save && checkpoint.due && checkpoint.due(step)) {
+    const bool keeps_checkpoints = dp == nullptr || dp->rank() == 0;
+    if (keeps_checkpoints && step < options.steps && checkpoint.save && checkpoint.due &&
+        checkpoint.due(step)) {
       torch::serialize::OutputArchive archive;
       WriteTrainState(step, trainable, *optimizer, best_state, result, archive);
       OFFSITE_RETURN_IF_ERROR(checkpoint.save(archive));
@@ -297,9 +324,8 @@ absl::StatusOr<DocumentEncoder> DocumentEncoderOf(const SafetensorsFile& file,
   const auto merges = file.metadata.find(kMetaTokenizerMerges);
   if (vocab != file.metadata.end() || merges != file.metadata.end()) {
     if (vocab == file.metadata.end() || merges == file.metadata.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("metadata has only one of '",
-                                                     kMetaTokenizerVocab, "' and '",
-                                                     kMetaTokenizerMerges, "'"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "metadata has only one of '", kMetaTokenizerVocab, "' and '", kMetaTokenizerMerges, "'"));
     }
     absl::StatusOr<DocumentEncoder> bpe = BpeDocumentEncoder(vocab->second, merges->second);
     if (!bpe.ok()) {
@@ -369,9 +395,9 @@ absl::StatusOr<Emulator> MakeEmulator(const v1::ModelArch& arch, BlockModelImpl&
   for (const NamedTensor& t : NamedTensorsOf(full)) {
     if (wanted.count(t.name)) from_full.push_back(t);
   }
-  OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(
-      from_full, *emulator.model,
-      new_head ? emulator.model->HeadPrefixes() : std::vector<std::string>{}));
+  OFFSITE_RETURN_IF_ERROR(
+      LoadNamedTensors(from_full, *emulator.model,
+                       new_head ? emulator.model->HeadPrefixes() : std::vector<std::string>{}));
   return emulator;
 }
 
@@ -432,9 +458,9 @@ absl::StatusOr<OpenedPackage> OpenPackage(const SafetensorsFile& file) {
     const torch::Tensor& t = it->second->tensor;
     if (std::vector<int64_t>(info.shape().begin(), info.shape().end()) != t.sizes().vec() ||
         DtypeName(t) != info.dtype()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", info.name(), "' is ",
-                                                     DtypeName(t), ShapeString(t.sizes()),
-                                                     ", the manifest says ", info.dtype()));
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", info.name(), "' is ", DtypeName(t),
+                                                     ShapeString(t.sizes()), ", the manifest says ",
+                                                     info.dtype()));
     }
     if (TensorSha256(t) != info.sha256()) {
       return absl::InvalidArgumentError(
@@ -471,7 +497,8 @@ absl::StatusOr<SafetensorsFile> ExtractAdapter(const v1::PackageManifest& manife
     if (info.role() != v1::TensorInfo::ADAPTER) continue;
     auto it = tensors.find(info.name());
     if (it == tensors.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("model lacks adapter tensor '", info.name(), "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model lacks adapter tensor '", info.name(), "'"));
     }
     file.tensors.push_back({info.name(), it->second.detach().cpu().contiguous().clone()});
   }
@@ -484,9 +511,9 @@ absl::Status CheckAdapter(const v1::PackageManifest& manifest, const Safetensors
   OFFSITE_RETURN_IF_ERROR(CheckFormat(adapter, "adapter"));
   auto id = adapter.metadata.find(kMetaPackageId);
   if (id == adapter.metadata.end() || id->second != manifest.package_id()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("adapter is for package '", id == adapter.metadata.end() ? "" : id->second,
-                     "', not '", manifest.package_id(), "'"));
+    return absl::InvalidArgumentError(absl::StrCat("adapter is for package '",
+                                                   id == adapter.metadata.end() ? "" : id->second,
+                                                   "', not '", manifest.package_id(), "'"));
   }
   std::unordered_map<std::string, const v1::TensorInfo*> issued;
   for (const v1::TensorInfo& info : manifest.tensors()) issued[info.name()] = &info;
@@ -494,22 +521,22 @@ absl::Status CheckAdapter(const v1::PackageManifest& manifest, const Safetensors
   for (const NamedTensor& t : adapter.tensors) {
     auto it = issued.find(t.name);
     if (it == issued.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' is not in the package"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name, "' is not in the package"));
     }
     const v1::TensorInfo& info = *it->second;
     if (info.role() != v1::TensorInfo::ADAPTER) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", t.name, "' is not part of the adapter (", v1::TensorInfo::Role_Name(info.role()),
-          ")"));
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name,
+                                                     "' is not part of the adapter (",
+                                                     v1::TensorInfo::Role_Name(info.role()), ")"));
     }
     if (!seen.insert(t.name).second) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' appears twice"));
     }
     if (std::vector<int64_t>(info.shape().begin(), info.shape().end()) != t.tensor.sizes().vec()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has shape ",
-                                                     ShapeString(t.tensor.sizes()),
-                                                     ", the package issued ",
-                                                     absl::StrJoin(info.shape(), "x")));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name, "' has shape ", ShapeString(t.tensor.sizes()),
+                       ", the package issued ", absl::StrJoin(info.shape(), "x")));
     }
     if (DtypeName(t.tensor) != info.dtype()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has dtype ",
@@ -605,9 +632,10 @@ Evaluation Evaluate(BlockModelImpl& model, const TaskTensors& data, int64_t batc
     const torch::Tensor logits = model.forward(batch.input);
     const torch::Tensor flat = logits.reshape({-1, logits.size(-1)});
     const torch::Tensor targets = batch.target.reshape({-1});
-    loss_sum += torch::nn::functional::cross_entropy(
-                    flat, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                    .item<double>();
+    loss_sum +=
+        torch::nn::functional::cross_entropy(
+            flat, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+            .item<double>();
     correct += flat.argmax(1).eq(targets).sum().item<int64_t>();
     count += targets.numel();
   }
@@ -648,9 +676,9 @@ absl::StatusOr<TrainResult> DistillEmulator(BlockModelImpl& full, BlockModelImpl
     if (kd_out) *kd_out = kd.item<double>();
     torch::Tensor loss = options.kd_weight * kd;
     if (options.task_weight > 0) {
-      loss = loss + options.task_weight *
-                        TaskLoss(emulator.Head(emulator.RunBlocks(student, top_begin, n)),
-                                 batch.target);
+      loss = loss +
+             options.task_weight *
+                 TaskLoss(emulator.Head(emulator.RunBlocks(student, top_begin, n)), batch.target);
     }
     return loss;
   };

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/data_parallel.h"
 #include "common/safetensors.h"
 #include "common/task_data.h"
 #include "common/text_data.h"
@@ -31,8 +32,8 @@
 namespace offsite {
 
 // Metadata keys of Offsite's safetensors files.
-inline constexpr char kMetaFormat[] = "offsite.format";  // "model", "package", "adapter"
-inline constexpr char kMetaArch[] = "offsite.arch";      // text-format ModelArch
+inline constexpr char kMetaFormat[] = "offsite.format";      // "model", "package", "adapter"
+inline constexpr char kMetaArch[] = "offsite.arch";          // text-format ModelArch
 inline constexpr char kMetaManifest[] = "offsite.manifest";  // text-format PackageManifest
 inline constexpr char kMetaPackageId[] = "offsite.package_id";
 // An imported language model's tokenizer files, verbatim (vocab.json and
@@ -55,7 +56,7 @@ absl::StatusOr<SafetensorsFile> ModelToFile(const v1::ModelArch& arch, BlockMode
 struct LoadedModel {
   v1::ModelArch arch;
   std::shared_ptr<BlockModelImpl> model;
-  DocumentEncoder text_encoder;                         // See DocumentEncoderOf.
+  DocumentEncoder text_encoder;                        // See DocumentEncoderOf.
   std::map<std::string, std::string> tokenizer_files;  // See TokenizerMetadata.
 };
 // InvalidArgument naming the tensor for a missing, extra or misshapen tensor.
@@ -170,6 +171,12 @@ struct TrainOptions {
   uint64_t seed = 0;
   // Empty functions: no checkpoints.
   TrainCheckpoint checkpoint;
+  // Data-parallel (common/data_parallel.h): every rank draws the same global
+  // batch of batch_size, trains on its share, and the gradients are reduced
+  // over the ranks before the step; the ranks start from rank 0's trainable
+  // tensors (after any resume) and only rank 0 saves checkpoints. nullptr:
+  // one process.
+  DataParallel* data_parallel = nullptr;
 };
 
 // Called after every step with that step's metrics (train_loss, lr, and the

@@ -13,9 +13,9 @@ namespace {
 
 absl::Status RequireSubmitter(const Caller& caller) {
   if (caller.role == v1::OWNER || caller.role == v1::DATA_OWNER) return absl::OkStatus();
-  return absl::PermissionDeniedError(
-      absl::StrCat("principal \"", caller.principal, "\" (role ", v1::Role_Name(caller.role),
-                   ") may not use the job API"));
+  return absl::PermissionDeniedError(absl::StrCat("principal \"", caller.principal, "\" (role ",
+                                                  v1::Role_Name(caller.role),
+                                                  ") may not use the job API"));
 }
 
 }  // namespace
@@ -30,8 +30,8 @@ absl::Status JobManager::Validate(const v1::JobSpec& spec) const {
   }
   auto runner = runners_->find(spec.kind_case());
   if (runner == runners_->end()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "spec: job kind \"", KindName(spec.kind_case()), "\" is not supported by this server"));
+    return absl::InvalidArgumentError(absl::StrCat("spec: job kind \"", KindName(spec.kind_case()),
+                                                   "\" is not supported by this server"));
   }
   if (spec.display_name().size() > 200) {
     return absl::InvalidArgumentError("display_name: longer than 200 characters");
@@ -41,6 +41,16 @@ absl::Status JobManager::Validate(const v1::JobSpec& spec) const {
   if (spec.resources().memory_mb() < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("resources.memory_mb: ", spec.resources().memory_mb(), " is negative"));
+  }
+  if (spec.resources().workers() > 1 && !runner->second->SupportsDataParallel()) {
+    std::vector<std::string> kinds;
+    for (const auto& [kind, other] : *runners_) {
+      if (other->SupportsDataParallel()) kinds.push_back(KindName(kind));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("resources.workers: ", spec.resources().workers(), " workers, but ",
+                     KindName(spec.kind_case()),
+                     " jobs train on one; data-parallel kinds: ", absl::StrJoin(kinds, ", ")));
   }
   return runner->second->Validate(spec);
 }
@@ -134,27 +144,26 @@ absl::StatusOr<v1::Job> JobManager::Cancel(const Caller& caller, const std::stri
   bool running = false;
   absl::Status status =
       jobs_
-          ->UpdateWith(
-              id,
-              [&](v1::Job& job, v1::JobEvent& event) -> absl::Status {
-                if (IsTerminal(job.state())) {
-                  return absl::FailedPreconditionError(absl::StrCat(
-                      "job ", id, " already ended ", v1::JobState_Name(job.state())));
-                }
-                if (job.state() == v1::QUEUED) {
-                  job.set_state(v1::CANCELLED);
-                  job.set_end_time_ms(NowMs());
-                  job.set_error(absl::StrCat("cancelled by ", caller.principal));
-                  event.mutable_state()->set_state(v1::CANCELLED);
-                  event.mutable_state()->set_message(job.error());
-                } else {
-                  running = true;
-                  job.set_cancel_requested(true);
-                  event.mutable_log()->set_text(
-                      absl::StrCat("cancel requested by ", caller.principal));
-                }
-                return absl::OkStatus();
-              })
+          ->UpdateWith(id,
+                       [&](v1::Job& job, v1::JobEvent& event) -> absl::Status {
+                         if (IsTerminal(job.state())) {
+                           return absl::FailedPreconditionError(absl::StrCat(
+                               "job ", id, " already ended ", v1::JobState_Name(job.state())));
+                         }
+                         if (job.state() == v1::QUEUED) {
+                           job.set_state(v1::CANCELLED);
+                           job.set_end_time_ms(NowMs());
+                           job.set_error(absl::StrCat("cancelled by ", caller.principal));
+                           event.mutable_state()->set_state(v1::CANCELLED);
+                           event.mutable_state()->set_message(job.error());
+                         } else {
+                           running = true;
+                           job.set_cancel_requested(true);
+                           event.mutable_log()->set_text(
+                               absl::StrCat("cancel requested by ", caller.principal));
+                         }
+                         return absl::OkStatus();
+                       })
           .status();
   OFFSITE_RETURN_IF_ERROR(status);
   if (running) scheduler_->RequestCancel(id);

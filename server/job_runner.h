@@ -76,6 +76,9 @@ class JobRunner {
   // Runs the job to completion, resuming from work_dir() if a checkpoint is
   // there. Returns CancelledError when ctx.cancelled().
   virtual absl::Status Run(const v1::JobSpec& spec, JobContext& ctx) const = 0;
+  // True if the kind trains data-parallel when a job asks for several
+  // workers (JobSpec.resources.workers > 1); others are refused such a job.
+  virtual bool SupportsDataParallel() const { return false; }
 };
 
 // One runner per job kind (the JobSpec oneof case).

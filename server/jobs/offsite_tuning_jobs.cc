@@ -17,23 +17,27 @@
 #include "models/model_arch.h"
 #include "models/offsite_tuning.h"
 #include "server/job_store.h"
+#include "server/jobs/training_loop.h"
 
 namespace offsite {
 namespace {
 
 // Checkpoints a Train / DistillEmulator run in the job's work directory
 // whenever the server's interval elapses, so that a job interrupted by a
-// restart resumes at its last checkpoint rather than from the start.
-TrainCheckpoint JobCheckpoint(JobContext& ctx, const std::string& format) {
-  const std::string path = JoinPath(ctx.work_dir(), format + ".pt");
+// restart resumes at its last checkpoint rather than from the start. The
+// file is named checkpoint_<run>.pt, so that a remote worker hands it to the
+// server as it changes and another worker resumes from it.
+TrainCheckpoint JobCheckpoint(JobContext& ctx, const std::string& run) {
+  const std::string path = JoinPath(ctx.work_dir(), "checkpoint_" + run + ".pt");
+  const std::string format = run + "_checkpoint";
   TrainCheckpoint checkpoint;
   checkpoint.due = [&ctx](int64_t) { return ctx.CheckpointDue(); };
   checkpoint.save = [path, format](torch::serialize::OutputArchive& archive) {
     return SaveArchive(archive, format, 1, path);
   };
-  checkpoint.load = [&ctx, path, format](torch::serialize::InputArchive& archive) {
+  checkpoint.load = [&ctx, path, format, run](torch::serialize::InputArchive& archive) {
     absl::Status loaded = LoadArchive(path, format, 1, &archive);
-    if (loaded.ok()) ctx.Log(absl::StrCat("resuming from checkpoint ", format));
+    if (loaded.ok()) ctx.Log(absl::StrCat("resuming ", run, " from its checkpoint"));
     return loaded;
   };
   return checkpoint;
@@ -60,7 +64,8 @@ absl::Status Cancelled(const absl::Status& status) {
 
 absl::StatusOr<LoadedModel> LoadModelArtifact(ArtifactStore& artifacts, const v1::Model& model) {
   OFFSITE_ASSIGN_OR_RETURN(v1::Artifact artifact, artifacts.Get(model.artifact_id()));
-  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file, ReadSafetensors(artifacts.BlobPath(artifact.sha256())));
+  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file,
+                           ReadSafetensors(artifacts.BlobPath(artifact.sha256())));
   return ModelFromFile(file);
 }
 
@@ -118,11 +123,13 @@ absl::Status LmPretrainJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) co
   options.batch_size = spec.batch_size() ? spec.batch_size() : 32;
   options.learning_rate = spec.learning_rate() ? spec.learning_rate() : 1e-3;
   options.weight_decay = spec.weight_decay() ? spec.weight_decay() : 0.1;
-  options.warmup_steps = std::min<int64_t>(spec.warmup_steps() ? spec.warmup_steps() : 100,
-                                           options.steps);
+  options.warmup_steps =
+      std::min<int64_t>(spec.warmup_steps() ? spec.warmup_steps() : 100, options.steps);
   options.eval_interval = spec.eval_interval() ? spec.eval_interval() : 200;
   options.seed = spec.seed();
-  options.checkpoint = JobCheckpoint(ctx, "lm_pretrain_checkpoint");
+  options.checkpoint = JobCheckpoint(ctx, "lm_pretrain");
+  OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel, ConnectDataParallel(ctx));
+  options.data_parallel = data_parallel.get();
   ctx.Log(absl::StrCat("training tokens ", task.train_input.numel(), ", validation tokens ",
                        task.valid_input.numel()));
   absl::StatusOr<TrainResult> result =
@@ -153,7 +160,8 @@ absl::Status EmulatorJob::Validate(const v1::JobSpec& job_spec) const {
   OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.distill.batch_size", distill.batch_size(), 0, 4096));
   OFFSITE_RETURN_IF_ERROR(
       CheckRange("emulator.distill.learning_rate", distill.learning_rate(), 0, 1));
-  OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.distill.task_weight", distill.task_weight(), 0, 1e4));
+  OFFSITE_RETURN_IF_ERROR(
+      CheckRange("emulator.distill.task_weight", distill.task_weight(), 0, 1e4));
   OFFSITE_RETURN_IF_ERROR(CheckRange("emulator.distill.kd_weight", distill.kd_weight(), 0, 1e4));
   if (spec.has_task_eval()) {
     OFFSITE_RETURN_IF_ERROR(ValidateTaskData(spec.task_eval(), "emulator.task_eval"));
@@ -176,27 +184,29 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   const int64_t top = spec.top() ? spec.top() : 2;
   absl::StatusOr<SplitPlan> plan =
       PlanSplit(full.model->num_blocks(), bottom, top, spec.emulator_blocks());
-  if (!plan.ok()) return absl::InvalidArgumentError(absl::StrCat("emulator: ", plan.status().message()));
+  if (!plan.ok())
+    return absl::InvalidArgumentError(absl::StrCat("emulator: ", plan.status().message()));
   ctx.Log(absl::StrCat("split ", bottom, "-", spec.emulator_blocks(), "-", top, " of ",
                        full.model->num_blocks(), " blocks; emulator keeps middle blocks ",
                        absl::StrJoin(plan->kept_middle, ",")));
-  OFFSITE_ASSIGN_OR_RETURN(Emulator emulator,
-                           MakeEmulator(full.arch, *full.model, *plan, spec.num_classes(), spec.seed()));
+  OFFSITE_ASSIGN_OR_RETURN(Emulator emulator, MakeEmulator(full.arch, *full.model, *plan,
+                                                           spec.num_classes(), spec.seed()));
   std::map<std::string, double> metrics;
   const v1::DistillSpec& distill = spec.distill();
   if (distill.steps() > 0) {
-    OFFSITE_ASSIGN_OR_RETURN(TaskTensors data,
-                             LoadTaskData(distill.data(), Context(full.arch), device, "distill.data",
-                                          full.text_encoder));
+    OFFSITE_ASSIGN_OR_RETURN(
+        TaskTensors data, LoadTaskData(distill.data(), Context(full.arch), device, "distill.data",
+                                       full.text_encoder));
     DistillOptions options;
     options.train.steps = distill.steps();
     options.train.batch_size = distill.batch_size() ? distill.batch_size() : 32;
     options.train.learning_rate = distill.learning_rate() ? distill.learning_rate() : 1e-4;
-    options.train.warmup_steps = distill.warmup_steps() ? distill.warmup_steps() : distill.steps() / 10;
+    options.train.warmup_steps =
+        distill.warmup_steps() ? distill.warmup_steps() : distill.steps() / 10;
     options.train.eval_interval =
         distill.eval_interval() ? distill.eval_interval() : std::max(1, distill.steps() / 10);
     options.train.seed = spec.seed();
-    options.train.checkpoint = JobCheckpoint(ctx, "distill_checkpoint");
+    options.train.checkpoint = JobCheckpoint(ctx, "distill");
     const bool language = full.arch.has_gpt();
     options.task_weight = distill.task_weight() ? distill.task_weight() : (language ? 1.0 : 0.0);
     options.kd_weight = distill.kd_weight() ? distill.kd_weight() : (language ? 30.0 : 1.0);
@@ -227,9 +237,9 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   }
   if (spec.has_task_eval() && spec.num_classes() == 0) {
     // Zero-shot rows of the paper's table: only meaningful with the model's own head.
-    OFFSITE_ASSIGN_OR_RETURN(TaskTensors eval_data,
-                             LoadTaskData(spec.task_eval(), Context(full.arch), device, "task_eval",
-                                          full.text_encoder));
+    OFFSITE_ASSIGN_OR_RETURN(
+        TaskTensors eval_data,
+        LoadTaskData(spec.task_eval(), Context(full.arch), device, "task_eval", full.text_encoder));
     AddEvaluation(Evaluate(*full.model, eval_data, kEvalBatch), "full_zero_shot_", metrics);
     AddEvaluation(Evaluate(*emulator.model, eval_data, kEvalBatch), "emulator_zero_shot_", metrics);
   }
@@ -245,7 +255,7 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   for (const v1::TensorInfo& info : manifest.tensors()) {
     int64_t n = 1;
     for (int64_t d : info.shape()) n *= d;
-    (info.role() == v1::TensorInfo::ADAPTER ? adapter_params
+    (info.role() == v1::TensorInfo::ADAPTER    ? adapter_params
      : info.role() == v1::TensorInfo::EMULATOR ? emulator_params
                                                : shared_params) += n;
   }
@@ -285,7 +295,8 @@ absl::Status PluginEvalJob::Validate(const v1::JobSpec& job_spec) const {
 
 absl::Status PluginEvalJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
   const torch::Device device(ctx.device());
-  OFFSITE_ASSIGN_OR_RETURN(v1::Adapter adapter, store_->GetAdapter(job_spec.plugin_eval().adapter_id()));
+  OFFSITE_ASSIGN_OR_RETURN(v1::Adapter adapter,
+                           store_->GetAdapter(job_spec.plugin_eval().adapter_id()));
   OFFSITE_ASSIGN_OR_RETURN(v1::Package package, store_->GetPackage(adapter.package_id()));
   OFFSITE_ASSIGN_OR_RETURN(v1::Model model, store_->GetModel(package.model()));
   OFFSITE_ASSIGN_OR_RETURN(v1::Artifact adapter_artifact, artifacts_->Get(adapter.artifact_id()));

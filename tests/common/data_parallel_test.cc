@@ -22,19 +22,6 @@ namespace {
 constexpr int64_t kGlobalBatch = 8;
 constexpr int kSteps = 6;
 
-// A free TCP port on loopback (bound once, then released for the store).
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t length = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
-
 // The same small classifier and data on every rank; the initial weights
 // differ per rank (seed), so only the broadcast makes them agree.
 std::vector<torch::Tensor> Train(int seed, DataParallel* dp) {
@@ -112,7 +99,7 @@ TEST(DataParallelChild, TrainAsOneRank) {
 
 TEST(DataParallelTest, TwoProcessesReachTheWeightsOfOneProcessWithTheGlobalBatch) {
   testutil::TempDir tmp;
-  const std::string address = absl::StrCat("127.0.0.1:", FreePort());
+  const std::string address = absl::StrCat("127.0.0.1:", testutil::FreeLoopbackPort());
   std::vector<std::unique_ptr<testutil::ChildProcess>> ranks;
   for (int rank = 0; rank < 2; ++rank) {
     // The child inherits the environment at fork.

@@ -462,6 +462,12 @@ TEST_F(JobsE2eTest, MalformedSpecsAreRejectedNamingTheField) {
   spec = valid;
   spec.mutable_forward_forward()->set_epochs(-3);
   expect_rejected(spec, "epochs");
+  // Forward-Forward trains on one worker: asking for two is refused, naming
+  // the kinds that do train data-parallel.
+  spec = valid;
+  spec.mutable_resources()->set_workers(2);
+  expect_rejected(spec, "resources.workers");
+  expect_rejected(spec, "lm_pretrain");
 
   // Fields this server does not know (a newer client, a typo'd field number).
   spec = valid;

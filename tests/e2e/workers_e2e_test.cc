@@ -86,19 +86,6 @@ class WorkersE2eTest : public ::testing::Test {
   std::vector<std::string> worker_names_;
 };
 
-// A free TCP port on loopback (bound once, then released for the worker).
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t length = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
-
 // The worker whose log says it leased `job_id` ("" if none did).
 std::string LeasedBy(const TempDir& tmp, const std::vector<std::string>& names,
                      const std::string& job_id) {
@@ -220,8 +207,10 @@ namespace offsite {
 namespace {
 
 TEST_F(WorkersE2eTest, JobAskingForTwoWorkersTrainsOnBothDataParallel) {
-  std::unique_ptr<ChildProcess> a = StartWorker("worker-a", absl::StrCat("127.0.0.1:", FreePort()));
-  std::unique_ptr<ChildProcess> b = StartWorker("worker-b", absl::StrCat("127.0.0.1:", FreePort()));
+  std::unique_ptr<ChildProcess> a =
+      StartWorker("worker-a", absl::StrCat("127.0.0.1:", testutil::FreeLoopbackPort()));
+  std::unique_ptr<ChildProcess> b =
+      StartWorker("worker-b", absl::StrCat("127.0.0.1:", testutil::FreeLoopbackPort()));
   ASSERT_NE(a, nullptr);
   ASSERT_NE(b, nullptr);
   // A tiny ConvNeXt fine-tuned from scratch on 200 labelled images.

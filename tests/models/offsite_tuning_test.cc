@@ -4,12 +4,17 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <set>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
+#include "common/data_parallel.h"
 #include "common/sha256.h"
 #include "models/model_arch.h"
 #include "tests/util/bpe_files.h"
+#include "tests/util/server_process.h"
 
 namespace offsite {
 namespace {
@@ -194,8 +199,8 @@ TEST(OffsiteTuningTest, ImportedTokenizerTravelsFromModelToPackage) {
                 .text_encoder.end_of_text,
             ByteTokenizer::kEndOfText);
   SafetensorsFile too_big = model_file;
-  too_big.metadata[kMetaTokenizerVocab] = testutil::ByteLevelVocabJson(
-      {"he", "<|endoftext|>", "a1", "a2", "a3"});  // 261 tokens > 260.
+  too_big.metadata[kMetaTokenizerVocab] =
+      testutil::ByteLevelVocabJson({"he", "<|endoftext|>", "a1", "a2", "a3"});  // 261 tokens > 260.
   too_big.metadata[kMetaTokenizerMerges] = "#version: 0.2\nh e\n";
   absl::StatusOr<LoadedModel> refused = ModelFromFile(too_big);
   ASSERT_FALSE(refused.ok());
@@ -334,10 +339,9 @@ TEST(OffsiteTuningTest, InterruptedTrainingResumesFromItsCheckpointToTheSameMode
     return absl::OkStatus();
   };
   auto first = DistinctModel(arch);
-  const auto stopped = Train(*first, data, interrupted_options,
-                             [](int64_t step, const std::map<std::string, double>&) {
-                               return step < 7;
-                             });
+  const auto stopped =
+      Train(*first, data, interrupted_options,
+            [](int64_t step, const std::map<std::string, double>&) { return step < 7; });
   ASSERT_EQ(stopped.status().code(), absl::StatusCode::kCancelled);
   ASSERT_FALSE(saved.empty());
 
@@ -366,6 +370,100 @@ TEST(OffsiteTuningTest, InterruptedTrainingResumesFromItsCheckpointToTheSameMode
   EXPECT_THAT(refused.status().message(), HasSubstr("trainable tensors"));
 }
 
+// Data-parallel Train: the run that every rank and the reference make.
+TaskTensors DataParallelTask() {
+  TaskTensors data;
+  data.language = true;
+  data.context = 16;
+  torch::manual_seed(5);
+  data.train_input = torch::randint(0, 60, {3000}, torch::kLong);
+  data.valid_input = torch::randint(0, 60, {400}, torch::kLong);
+  return data;
+}
+
+// What is compared: the trained model's logits on fixed windows. (Raw weights
+// are not: the key bias of attention gets a gradient of exactly 0 in theory,
+// so AdamW turns float noise there into steps that differ between runs and
+// change no output.)
+torch::Tensor TrainedLogits(BlockModelImpl& model) {
+  torch::NoGradGuard no_grad;
+  model.eval();
+  torch::manual_seed(6);
+  return model.forward(torch::randint(0, 60, {4, 16}, torch::kLong));
+}
+
+TrainOptions DataParallelOptionsFor(DataParallel* dp) {
+  TrainOptions options;
+  options.steps = 6;
+  options.batch_size = 8;
+  options.warmup_steps = 2;
+  options.eval_interval = 3;
+  options.seed = 11;
+  options.data_parallel = dp;
+  return options;
+}
+
+// Runs as one rank when started by the test below (environment set), else skips.
+TEST(OffsiteTuningDataParallelChild, TrainAsOneRank) {
+  const char* rank = std::getenv("OFFSITE_DP_RANK");
+  const char* address = std::getenv("OFFSITE_DP_STORE");
+  const char* out = std::getenv("OFFSITE_DP_OUT");
+  if (rank == nullptr || address == nullptr || out == nullptr)
+    GTEST_SKIP() << "helper process only";
+  torch::set_num_threads(1);
+  DataParallelOptions options;
+  options.rank = std::atoi(rank);
+  options.world_size = 2;
+  options.store_address = address;
+  options.prefix = "train/1";
+  options.timeout = std::chrono::seconds(30);
+  absl::StatusOr<std::unique_ptr<DataParallel>> dp = DataParallel::Connect(options);
+  ASSERT_TRUE(dp.ok()) << dp.status();
+  auto model = DistinctModel(TinyGpt(2));
+  if (options.rank == 1) {  // Only the broadcast makes rank 1 start from rank 0's weights.
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) p.add_(0.1);
+  }
+  ASSERT_TRUE(Train(*model, DataParallelTask(), DataParallelOptionsFor(dp->get()), nullptr).ok());
+  torch::save(TrainedLogits(*model), out);
+}
+
+TEST(OffsiteTuningTest, DataParallelTrainOnTwoProcessesMatchesOneProcess) {
+  testutil::TempDir tmp;
+  const std::string address = absl::StrCat("127.0.0.1:", testutil::FreeLoopbackPort());
+  std::vector<std::unique_ptr<testutil::ChildProcess>> ranks;
+  for (int rank = 0; rank < 2; ++rank) {
+    ::setenv("OFFSITE_DP_RANK", std::to_string(rank).c_str(), 1);
+    ::setenv("OFFSITE_DP_STORE", address.c_str(), 1);
+    ::setenv("OFFSITE_DP_OUT", tmp.File(absl::StrCat("rank", rank, ".pt")).c_str(), 1);
+    auto child = testutil::ChildProcess::Spawn(
+        {"/proc/self/exe", "--gtest_filter=OffsiteTuningDataParallelChild.*"},
+        tmp.File(absl::StrCat("rank", rank, ".log")), tmp.File(absl::StrCat("rank", rank, ".log")));
+    ASSERT_TRUE(child.ok()) << child.status();
+    ranks.push_back(std::move(*child));
+  }
+  ::unsetenv("OFFSITE_DP_RANK");
+  ::unsetenv("OFFSITE_DP_STORE");
+  ::unsetenv("OFFSITE_DP_OUT");
+  for (int rank = 0; rank < 2; ++rank) {
+    absl::StatusOr<int> code = ranks[rank]->Wait(std::chrono::seconds(120));
+    ASSERT_TRUE(code.ok()) << code.status();
+    ASSERT_EQ(*code, 0) << "rank " << rank << " failed; see its log";
+  }
+  auto reference = DistinctModel(TinyGpt(2));
+  ASSERT_TRUE(Train(*reference, DataParallelTask(), DataParallelOptionsFor(nullptr), nullptr).ok());
+  const torch::Tensor expected = TrainedLogits(*reference);
+  // Rank 1 started elsewhere: untrained logits differ far beyond the tolerance.
+  ASSERT_FALSE(torch::allclose(TrainedLogits(*DistinctModel(TinyGpt(2))), expected, 1e-3, 1e-3));
+  for (int rank = 0; rank < 2; ++rank) {
+    torch::Tensor logits;
+    torch::load(logits, tmp.File(absl::StrCat("rank", rank, ".pt")));
+    EXPECT_TRUE(torch::allclose(logits, expected, 1e-4, 1e-4))
+        << "rank " << rank << ": max difference "
+        << (logits - expected).abs().max().item<double>();
+  }
+}
+
 TEST(OffsiteTuningTest, DistillationTrainsOnlyTheKeptMiddleAndLowersItsLoss) {
   v1::ModelArch arch = TinyGpt();
   auto full = DistinctModel(arch);
@@ -378,7 +476,8 @@ TEST(OffsiteTuningTest, DistillationTrainsOnlyTheKeptMiddleAndLowersItsLoss) {
   data.train_input = torch::randint(0, 40, {4000}, torch::kLong);
   data.valid_input = torch::randint(0, 40, {600}, torch::kLong);
   std::map<std::string, torch::Tensor> before;
-  for (const auto& item : emulator.model->named_parameters()) before[item.key()] = item.value().clone();
+  for (const auto& item : emulator.model->named_parameters())
+    before[item.key()] = item.value().clone();
   DistillOptions options;
   options.train.steps = 40;
   options.train.learning_rate = 3e-3;

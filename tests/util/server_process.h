@@ -56,6 +56,10 @@ class TempDir {
   std::string path_;
 };
 
+// A TCP port on loopback that was free a moment ago (bound, then released),
+// for a server or store the test starts next.
+int FreeLoopbackPort();
+
 // A child process started with fork + exec. It gets SIGKILL if the test
 // process dies, and the destructor kills and reaps it if it still runs.
 class ChildProcess {
