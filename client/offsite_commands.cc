@@ -323,8 +323,7 @@ absl::StatusOr<v1::PackageManifest> Pull(const CliArgs& args, Stubs& stubs, v1::
                                               package->id()));
     }
   }
-  std::string text;
-  google::protobuf::TextFormat::PrintToString(opened->manifest, &text);
+  const std::string text = TextProto(opened->manifest);
   OFFSITE_RETURN_IF_ERROR(
       WriteFileAtomic(JoinPath(dir, kManifestFileName),
                       absl::StrCat("# Package ", package->id(), " of model ", package->model(),
@@ -551,8 +550,8 @@ int OffsiteTune(const CliArgs& args) {
               << ", " << plan.task << "), verified\n"
               << "data: " << plan.train_size << (language ? " train tokens, " : " train images, ")
               << plan.validation_size << (language ? " validation tokens" : " test images")
-              << (language ? " (tokenizer: " + plan.tokenizer + ")\n" : "\n")
-              << "tuning " << Count(plan.trainable_parameters) << " parameters"
+              << (language ? " (tokenizer: " + plan.tokenizer + ")\n" : "\n") << "tuning "
+              << Count(plan.trainable_parameters) << " parameters"
               << (plan.tune.lora ? " (LoRA)" : "")
               << (plan.tune.top_only ? " (top adapter only)" : "") << ": " << plan.steps
               << " steps, batch " << plan.batch_size << ", lr " << plan.learning_rate << "\n"

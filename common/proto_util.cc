@@ -25,7 +25,8 @@ using google::protobuf::Reflection;
 class FirstErrorCollector : public google::protobuf::io::ErrorCollector {
  public:
   void AddError(int line, int column, const std::string& message) override {
-    if (error.empty()) error = absl::StrCat("line ", line + 1, " column ", column + 1, ": ", message);
+    if (error.empty())
+      error = absl::StrCat("line ", line + 1, " column ", column + 1, ": ", message);
   }
   std::string error;
 };
@@ -55,8 +56,8 @@ const FieldDescriptor* FieldOption(const std::string& full_name) {
 }
 
 std::vector<std::pair<std::string, std::string>> MarkedStrings(const Message& message,
-                                                              const FieldDescriptor* option,
-                                                              const std::string& path) {
+                                                               const FieldDescriptor* option,
+                                                               const std::string& path) {
   std::vector<std::pair<std::string, std::string>> found;
   const Reflection* reflection = message.GetReflection();
   std::vector<const FieldDescriptor*> fields;
@@ -103,10 +104,9 @@ absl::Status CheckNoUnknownFields(const Message& message, const std::string& pat
   const Reflection* reflection = message.GetReflection();
   const google::protobuf::UnknownFieldSet& unknown = reflection->GetUnknownFields(message);
   if (!unknown.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path.empty() ? message.GetDescriptor()->name() : path,
-                     ": unknown field number ", unknown.field(0).number(), " (not in ",
-                     message.GetDescriptor()->full_name(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path.empty() ? message.GetDescriptor()->name() : path, ": unknown field number ",
+        unknown.field(0).number(), " (not in ", message.GetDescriptor()->full_name(), ")"));
   }
   std::vector<const FieldDescriptor*> fields;
   reflection->ListFields(message, &fields);
@@ -133,6 +133,12 @@ absl::Status ParseTextProto(std::string_view text, const std::string& source, Me
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", errors.error));
   }
   return absl::OkStatus();
+}
+
+std::string TextProto(const google::protobuf::Message& message) {
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(message, &text);
+  return text;
 }
 
 absl::Status ReadTextProtoFile(const std::string& path, Message* message) {

@@ -23,6 +23,8 @@ absl::Status CheckNoUnknownFields(const google::protobuf::Message& message,
 absl::Status ParseTextProto(std::string_view text, const std::string& source,
                             google::protobuf::Message* message);
 absl::Status ReadTextProtoFile(const std::string& path, google::protobuf::Message* message);
+// `message` in text format, as ParseTextProto reads it back.
+std::string TextProto(const google::protobuf::Message& message);
 
 // The descriptor of a field option declared in proto/offsite/v1/options.proto,
 // e.g. "offsite.v1.artifact_ref".

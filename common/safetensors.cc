@@ -235,6 +235,11 @@ absl::StatusOr<at::Tensor> TensorFromBytes(const Entry& entry, const char* data,
 
 }  // namespace
 
+std::string SafetensorsDtypeName(c10::ScalarType type) {
+  const DtypeInfo* dtype = DtypeByType(type);
+  return dtype ? dtype->name : c10::toString(type);
+}
+
 absl::StatusOr<SafetensorsFile> ParseSafetensors(absl::string_view bytes,
                                                  absl::string_view source) {
   if (bytes.size() < 8) {

@@ -47,6 +47,10 @@ struct SafetensorsFile {
   std::map<std::string, std::string> metadata;  // The "__metadata__" object.
 };
 
+// The safetensors name of a dtype ("F32", "BF16", ...), or torch's own name
+// (e.g. "ComplexFloat") for one the format does not have.
+std::string SafetensorsDtypeName(c10::ScalarType type);
+
 // Parses a whole safetensors file held in `bytes`; `source` names it in errors.
 // Tensors come back in the order of their data in the buffer (for files written
 // by SerializeSafetensors, the order they were given in), as contiguous CPU

@@ -43,33 +43,6 @@ std::string Listed(const std::vector<std::string>& items) {
   return text;
 }
 
-std::string DtypeText(c10::ScalarType type) {
-  switch (type) {
-    case torch::kFloat:
-      return "F32";
-    case torch::kHalf:
-      return "F16";
-    case torch::kBFloat16:
-      return "BF16";
-    case torch::kDouble:
-      return "F64";
-    case torch::kLong:
-      return "I64";
-    case torch::kInt:
-      return "I32";
-    case torch::kShort:
-      return "I16";
-    case torch::kChar:
-      return "I8";
-    case torch::kByte:
-      return "U8";
-    case torch::kBool:
-      return "BOOL";
-    default:
-      return c10::toString(type);
-  }
-}
-
 // config.json, read with Hugging Face's class defaults for absent (or null)
 // keys, as `transformers` does.
 class HfConfig {
@@ -366,7 +339,7 @@ absl::StatusOr<std::vector<NamedTensor>> ApplyPlan(const Plan& plan, HfFamily fa
     }
     const c10::ScalarType type = t.tensor.scalar_type();
     if (type != torch::kFloat && type != torch::kHalf && type != torch::kBFloat16) {
-      bad_dtypes.push_back(absl::StrCat(t.name, " (", DtypeText(type), ")"));
+      bad_dtypes.push_back(absl::StrCat(t.name, " (", SafetensorsDtypeName(type), ")"));
     }
     by_name[name] = t.tensor;
     original[name] = t.name;
@@ -459,8 +432,8 @@ struct FamilyImport {
 // The GptArch of sizes read from a config: vocabulary, positions, width,
 // layers and heads, each with its config key for errors. The default
 // activation stays implicit, so the arch reads as any Offsite GPT's.
-absl::StatusOr<v1::GptArch> GptArchOf(
-    const std::array<std::pair<const char*, int64_t>, 5>& sizes, const std::string& activation) {
+absl::StatusOr<v1::GptArch> GptArchOf(const std::array<std::pair<const char*, int64_t>, 5>& sizes,
+                                      const std::string& activation) {
   for (const auto& [key, value] : sizes) OFFSITE_RETURN_IF_ERROR(CheckInt32(key, value));
   v1::GptArch gpt;
   gpt.set_vocab_size(static_cast<int32_t>(sizes[0].second));
@@ -503,13 +476,12 @@ absl::StatusOr<FamilyImport> Gpt2Import(const HfConfig& config) {
   if (cross) return Unsupported(family, "add_cross_attention true");
   OFFSITE_ASSIGN_OR_RETURN(std::string activation, GptActivation(family, act));
   FamilyImport out;
-  OFFSITE_ASSIGN_OR_RETURN(*out.arch.mutable_gpt(),
-                           GptArchOf({{{"vocab_size", vocab},
-                                       {"n_positions", positions},
-                                       {"n_embd", c},
-                                       {"n_layer", layers},
-                                       {"n_head", heads}}},
-                                     activation));
+  OFFSITE_ASSIGN_OR_RETURN(*out.arch.mutable_gpt(), GptArchOf({{{"vocab_size", vocab},
+                                                                {"n_positions", positions},
+                                                                {"n_embd", c},
+                                                                {"n_layer", layers},
+                                                                {"n_head", heads}}},
+                                                              activation));
   out.plan = Gpt2Plan(vocab, positions, c, layers);
   return out;
 }

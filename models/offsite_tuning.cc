@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/proto_util.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "common/text_data.h"
@@ -22,25 +23,6 @@
 namespace offsite {
 namespace {
 
-std::string DtypeName(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat:
-      return "F32";
-    case torch::kHalf:
-      return "F16";
-    case torch::kBFloat16:
-      return "BF16";
-    case torch::kDouble:
-      return "F64";
-    case torch::kLong:
-      return "I64";
-    case torch::kInt:
-      return "I32";
-    default:
-      return std::string(c10::toString(t.scalar_type()));
-  }
-}
-
 std::string TensorSha256(const torch::Tensor& tensor) {
   const torch::Tensor t = tensor.detach().cpu().contiguous();
   return Sha256Hex(std::string_view(static_cast<const char*>(t.data_ptr()), t.nbytes()));
@@ -51,12 +33,6 @@ std::string ShapeString(c10::IntArrayRef shape) { return c10::str(shape); }
 bool HasPrefix(const std::string& name, const std::vector<std::string>& prefixes) {
   return std::any_of(prefixes.begin(), prefixes.end(),
                      [&](const std::string& p) { return absl::StartsWith(name, p); });
-}
-
-std::string TextFormat(const google::protobuf::Message& message) {
-  std::string text;
-  google::protobuf::TextFormat::PrintToString(message, &text);
-  return text;
 }
 
 absl::Status ParseMeta(const SafetensorsFile& file, const std::string& key,
@@ -313,7 +289,7 @@ absl::StatusOr<SafetensorsFile> ModelToFile(const v1::ModelArch& arch, BlockMode
     file.tensors.push_back({t.name, t.tensor.detach().cpu().contiguous()});
   }
   file.metadata[kMetaFormat] = "model";
-  file.metadata[kMetaArch] = TextFormat(arch);
+  file.metadata[kMetaArch] = TextProto(arch);
   return file;
 }
 
@@ -432,7 +408,7 @@ absl::StatusOr<SafetensorsFile> MakePackageFile(const Emulator& emulator, const 
     v1::TensorInfo* info = manifest->add_tensors();
     info->set_name(t.name);
     for (int64_t d : value.sizes()) info->add_shape(d);
-    info->set_dtype(DtypeName(value));
+    info->set_dtype(SafetensorsDtypeName(value.scalar_type()));
     info->set_sha256(TensorSha256(value));
     info->set_role(role);
     file.tensors.push_back({t.name, value});
@@ -440,7 +416,7 @@ absl::StatusOr<SafetensorsFile> MakePackageFile(const Emulator& emulator, const 
   file.metadata = options.tokenizer_files;
   file.metadata[kMetaFormat] = "package";
   file.metadata[kMetaPackageId] = options.package_id;
-  file.metadata[kMetaManifest] = TextFormat(*manifest);
+  file.metadata[kMetaManifest] = TextProto(*manifest);
   return file;
 }
 
@@ -457,10 +433,10 @@ absl::StatusOr<OpenedPackage> OpenPackage(const SafetensorsFile& file) {
     }
     const torch::Tensor& t = it->second->tensor;
     if (std::vector<int64_t>(info.shape().begin(), info.shape().end()) != t.sizes().vec() ||
-        DtypeName(t) != info.dtype()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", info.name(), "' is ", DtypeName(t),
-                                                     ShapeString(t.sizes()), ", the manifest says ",
-                                                     info.dtype()));
+        SafetensorsDtypeName(t.scalar_type()) != info.dtype()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", info.name(), "' is ", SafetensorsDtypeName(t.scalar_type()),
+                       ShapeString(t.sizes()), ", the manifest says ", info.dtype()));
     }
     if (TensorSha256(t) != info.sha256()) {
       return absl::InvalidArgumentError(
@@ -538,10 +514,10 @@ absl::Status CheckAdapter(const v1::PackageManifest& manifest, const Safetensors
           absl::StrCat("tensor '", t.name, "' has shape ", ShapeString(t.tensor.sizes()),
                        ", the package issued ", absl::StrJoin(info.shape(), "x")));
     }
-    if (DtypeName(t.tensor) != info.dtype()) {
+    if (SafetensorsDtypeName(t.tensor.scalar_type()) != info.dtype()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has dtype ",
-                                                     DtypeName(t.tensor), ", the package issued ",
-                                                     info.dtype()));
+                                                     SafetensorsDtypeName(t.tensor.scalar_type()),
+                                                     ", the package issued ", info.dtype()));
     }
     if (!torch::isfinite(t.tensor).all().item<bool>()) {
       return absl::InvalidArgumentError(

@@ -32,10 +32,14 @@ v1::ForwardForwardSpec Resolved(v1::ForwardForwardSpec spec) {
   if (spec.learning_rate() == 0) spec.set_learning_rate(1e-3);
   if (spec.epochs() == 0) spec.set_epochs(10);
   if (spec.batch_size() == 0) spec.set_batch_size(100);
-  if (spec.train_images().empty()) spec.set_train_images(FashionMnistFile("train-images-idx3-ubyte.gz"));
-  if (spec.train_labels().empty()) spec.set_train_labels(FashionMnistFile("train-labels-idx1-ubyte.gz"));
-  if (spec.test_images().empty()) spec.set_test_images(FashionMnistFile("t10k-images-idx3-ubyte.gz"));
-  if (spec.test_labels().empty()) spec.set_test_labels(FashionMnistFile("t10k-labels-idx1-ubyte.gz"));
+  if (spec.train_images().empty())
+    spec.set_train_images(FashionMnistFile("train-images-idx3-ubyte.gz"));
+  if (spec.train_labels().empty())
+    spec.set_train_labels(FashionMnistFile("train-labels-idx1-ubyte.gz"));
+  if (spec.test_images().empty())
+    spec.set_test_images(FashionMnistFile("t10k-images-idx3-ubyte.gz"));
+  if (spec.test_labels().empty())
+    spec.set_test_labels(FashionMnistFile("t10k-labels-idx1-ubyte.gz"));
   return spec;
 }
 
@@ -91,12 +95,12 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
   const v1::ForwardForwardSpec spec = Resolved(job_spec.forward_forward());
   const torch::Device device(ctx.device());
 
-  OFFSITE_ASSIGN_OR_RETURN(LabeledImages train, LoadIdxDataset(spec.train_images(),
-                                                               spec.train_labels(),
-                                                               spec.train_subset()));
-  OFFSITE_ASSIGN_OR_RETURN(LabeledImages test, LoadIdxDataset(spec.test_images(),
-                                                              spec.test_labels(),
-                                                              spec.test_subset()));
+  OFFSITE_ASSIGN_OR_RETURN(
+      LabeledImages train,
+      LoadIdxDataset(spec.train_images(), spec.train_labels(), spec.train_subset()));
+  OFFSITE_ASSIGN_OR_RETURN(
+      LabeledImages test,
+      LoadIdxDataset(spec.test_images(), spec.test_labels(), spec.test_subset()));
   const int64_t n = train.images.size(0);
   if (n == 0) return absl::InvalidArgumentError("forward_forward: the training set is empty");
   torch::Tensor train_x = train.images.reshape({n, -1}).to(device);
@@ -104,9 +108,9 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
   torch::Tensor test_x = test.images.reshape({test.images.size(0), -1}).to(device);
   torch::Tensor test_y = test.labels.to(device);
   if (test_x.size(1) != train_x.size(1)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "forward_forward: test images have ", test_x.size(1), " pixels, training images ",
-        train_x.size(1)));
+    return absl::InvalidArgumentError(absl::StrCat("forward_forward: test images have ",
+                                                   test_x.size(1), " pixels, training images ",
+                                                   train_x.size(1)));
   }
 
   ForwardForwardOptions options;
@@ -206,9 +210,7 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
 
   // The trained model, with the spec that produced it.
   torch::serialize::OutputArchive model;
-  std::string spec_text;
-  google::protobuf::TextFormat::PrintToString(spec, &spec_text);
-  model.write("spec", c10::IValue(spec_text));
+  model.write("spec", c10::IValue(TextProto(spec)));
   hooks.save(model);  // the same "ff" (and "bp") entries as a checkpoint
   const std::string model_path = ctx.work_dir() + "/model.pt";
   OFFSITE_RETURN_IF_ERROR(SaveArchive(model, kModelFormat, kFormatVersion, model_path));

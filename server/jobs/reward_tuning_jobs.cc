@@ -89,12 +89,6 @@ SceneOptions ToSceneOptions(const v1::SceneData& scenes) {
   return options;
 }
 
-std::string TextProto(const google::protobuf::Message& message) {
-  std::string text;
-  google::protobuf::TextFormat::PrintToString(message, &text);
-  return text;
-}
-
 void AddDetectionMetrics(const std::string& prefix, const DetectorEvaluation& eval,
                          std::map<std::string, double>& out) {
   out[prefix + "map"] = eval.metrics.map;
