@@ -145,13 +145,15 @@ void DataParallel::BeginStep(int64_t local, int64_t global) {
   step_weight_ = global > 0 ? static_cast<double>(local) / static_cast<double>(global) : 0.0;
 }
 
-absl::Status DataParallel::AllReduceGradients() {
+absl::Status DataParallel::AllReduceGradients() { return AllReduceGradients(parameters_); }
+
+absl::Status DataParallel::AllReduceGradients(const std::vector<at::Tensor>& parameters) {
   const Clock::time_point start = Clock::now();
   try {
     torch::NoGradGuard no_grad;
     std::vector<at::Tensor> grads;
-    grads.reserve(parameters_.size());
-    for (at::Tensor& parameter : parameters_) {
+    grads.reserve(parameters.size());
+    for (at::Tensor parameter : parameters) {
       if (!parameter.requires_grad()) continue;
       if (!parameter.grad().defined()) parameter.mutable_grad() = torch::zeros_like(parameter);
       grads.push_back(parameter.grad());
@@ -192,6 +194,17 @@ absl::StatusOr<std::vector<double>> DataParallel::AllReduceSum(std::vector<doubl
     return absl::UnavailableError(absl::StrCat("all-reduce: ", FirstLine(e)));
   }
   return values;
+}
+
+GradientSync GradientSyncOf(DataParallel* data_parallel) {
+  if (data_parallel == nullptr) return nullptr;
+  return [data_parallel](const std::vector<at::Tensor>& parameters) {
+    return data_parallel->AllReduceGradients(parameters);
+  };
+}
+
+absl::Status SyncGradients(const GradientSync& sync, const std::vector<at::Tensor>& parameters) {
+  return sync ? sync(parameters) : absl::OkStatus();
 }
 
 }  // namespace offsite

@@ -26,11 +26,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace offsite {
@@ -76,6 +78,9 @@ class DataParallel {
   // Sums the weighted gradients of the attached parameters over the ranks, in
   // buckets launched together. A parameter without a gradient counts as zero.
   absl::Status AllReduceGradients();
+  // The same for `parameters` alone (a trainer that steps its optimisers one
+  // after another reduces each one's parameters before its step).
+  absl::Status AllReduceGradients(const std::vector<at::Tensor>& parameters);
   // Sums `values` element-wise over the ranks (metrics, counts).
   absl::StatusOr<std::vector<double>> AllReduceSum(std::vector<double> values);
 
@@ -92,6 +97,18 @@ class DataParallel {
   double step_weight_ = 1.0;
   DataParallelStats stats_;
 };
+
+// What a trainer calls between backward and an optimiser step: makes the
+// gradients of `parameters` those of the step's whole global batch, the same
+// on every rank. Empty for one process. Trainers take one and call it through
+// SyncGradients, so they know nothing of ranks or networks.
+using GradientSync = std::function<absl::Status(const std::vector<at::Tensor>& parameters)>;
+
+// DataParallel::AllReduceGradients as a GradientSync; empty for nullptr.
+GradientSync GradientSyncOf(DataParallel* data_parallel);
+
+// Calls `sync` on `parameters` when it is set; OK at once otherwise.
+absl::Status SyncGradients(const GradientSync& sync, const std::vector<at::Tensor>& parameters);
 
 // The [begin, end) share of rank `rank` among `world_size` ranks of `count`
 // examples: contiguous, sizes differing by at most one.

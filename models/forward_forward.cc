@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace offsite {
 namespace {
@@ -224,7 +225,14 @@ std::vector<torch::Tensor> ForwardForwardTrainer::LayerLosses(
   return losses;
 }
 
-StepStats ForwardForwardTrainer::TrainStep(const torch::Tensor& x_in, const torch::Tensor& y_in) {
+std::vector<torch::Tensor> ForwardForwardTrainer::parameters() const {
+  std::vector<torch::Tensor> all = net_->parameters();
+  for (const torch::Tensor& p : head_->parameters()) all.push_back(p);
+  return all;
+}
+
+absl::StatusOr<StepStats> ForwardForwardTrainer::TrainStep(const torch::Tensor& x_in,
+                                                           const torch::Tensor& y_in) {
   const torch::Tensor x = Flatten(x_in, options_.input_dim, device_);
   const torch::Tensor y = Labels(y_in, x.size(0), device_);
   const torch::Tensor negative_labels = options_.hard_negatives
@@ -237,11 +245,13 @@ StepStats ForwardForwardTrainer::TrainStep(const torch::Tensor& x_in, const torc
   // backward pass of the sum gives every layer exactly its own loss's gradient.
   torch::Tensor total = torch::stack(losses).sum();
   total.backward();
+  OFFSITE_RETURN_IF_ERROR(SyncGradients(sync_, net_->parameters()));
   for (auto& optimizer : layer_optimizers_) optimizer->step();
 
   head_optimizer_->zero_grad();
   torch::Tensor softmax_loss = torch::cross_entropy_loss(head_(HeadInput(x)), y);
   softmax_loss.backward();
+  OFFSITE_RETURN_IF_ERROR(SyncGradients(sync_, head_->parameters()));
   head_optimizer_->step();
 
   StepStats stats;
@@ -341,12 +351,14 @@ BackpropMlpTrainer::BackpropMlpTrainer(const ForwardForwardOptions& options, tor
       net_->parameters(), torch::optim::AdamOptions(options.learning_rate));
 }
 
-double BackpropMlpTrainer::TrainStep(const torch::Tensor& x_in, const torch::Tensor& y_in) {
+absl::StatusOr<double> BackpropMlpTrainer::TrainStep(const torch::Tensor& x_in,
+                                                     const torch::Tensor& y_in) {
   const torch::Tensor x = Flatten(x_in, options_.input_dim, device_);
   const torch::Tensor y = Labels(y_in, x.size(0), device_);
   optimizer_->zero_grad();
   torch::Tensor loss = torch::cross_entropy_loss(net_->forward(x), y);
   loss.backward();
+  OFFSITE_RETURN_IF_ERROR(SyncGradients(sync_, net_->parameters()));
   optimizer_->step();
   return loss.item<double>();
 }

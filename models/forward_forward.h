@@ -30,6 +30,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/data_parallel.h"
 
 namespace offsite {
 
@@ -110,7 +112,14 @@ class ForwardForwardTrainer {
 
   // One optimisation step of every layer and of the softmax head.
   // x: float [B, input_dim], flattened pixels in [0, 1]; y: int64 [B].
-  StepStats TrainStep(const torch::Tensor& x, const torch::Tensor& y);
+  // Fails only when the gradient sync does.
+  absl::StatusOr<StepStats> TrainStep(const torch::Tensor& x, const torch::Tensor& y);
+
+  // Called between each backward pass and its optimiser steps (data-parallel
+  // training); unset by default.
+  void set_gradient_sync(GradientSync sync) { sync_ = std::move(sync); }
+  // Every trained tensor: the layers' and the head's.
+  std::vector<torch::Tensor> parameters() const;
 
   // Argmax over labels of LabelGoodness. int64 [B].
   torch::Tensor PredictGoodness(const torch::Tensor& x);
@@ -155,6 +164,7 @@ class ForwardForwardTrainer {
   std::vector<std::unique_ptr<torch::optim::Adam>> layer_optimizers_;
   torch::nn::Linear head_;
   std::unique_ptr<torch::optim::Adam> head_optimizer_;
+  GradientSync sync_;
 };
 
 // Backprop reference: Linear + ReLU layers of options.layer_widths, a linear
@@ -164,8 +174,12 @@ class BackpropMlpTrainer {
  public:
   BackpropMlpTrainer(const ForwardForwardOptions& options, torch::Device device);
 
-  // One Adam step; returns the batch's cross-entropy.
-  double TrainStep(const torch::Tensor& x, const torch::Tensor& y);
+  // One Adam step; returns the batch's cross-entropy. Fails only when the
+  // gradient sync does.
+  absl::StatusOr<double> TrainStep(const torch::Tensor& x, const torch::Tensor& y);
+  // As ForwardForwardTrainer's.
+  void set_gradient_sync(GradientSync sync) { sync_ = std::move(sync); }
+  std::vector<torch::Tensor> parameters() const { return net_->parameters(); }
   torch::Tensor Predict(const torch::Tensor& x);  // int64 [B]
   void SetLearningRate(double learning_rate);
 
@@ -178,6 +192,7 @@ class BackpropMlpTrainer {
   torch::Device device_;
   torch::nn::Sequential net_;
   std::unique_ptr<torch::optim::Adam> optimizer_;
+  GradientSync sync_;
 };
 
 }  // namespace offsite

@@ -248,9 +248,11 @@ absl::Status LoadMicNet(MicNet& model, torch::serialize::InputArchive& archive) 
   return LoadConvNextV2(model->config().backbone, *model, backbone);
 }
 
-MicStepStats MicTrainingStep(MicNet& student, MicNet& teacher, torch::optim::Optimizer& optimizer,
-                             const MicBatch& batch, int64_t step, const MicOptions& options,
-                             at::Generator generator) {
+absl::StatusOr<MicStepStats> MicTrainingStep(MicNet& student, MicNet& teacher,
+                                             torch::optim::Optimizer& optimizer,
+                                             const MicBatch& batch, int64_t step,
+                                             const MicOptions& options, at::Generator generator,
+                                             const GradientSync& sync) {
   MicStepStats stats;
   const bool adapt = options.method != MicMethod::kSourceOnly;
   const bool mic = options.method == MicMethod::kMic;
@@ -312,6 +314,7 @@ MicStepStats MicTrainingStep(MicNet& student, MicNet& teacher, torch::optim::Opt
   }
   optimizer.zero_grad();
   loss.backward();
+  OFFSITE_RETURN_IF_ERROR(SyncGradients(sync, student->parameters()));
   optimizer.step();
   return stats;
 }

@@ -41,6 +41,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/data_parallel.h"
 #include "models/convnext_v2.h"
 
 namespace offsite {
@@ -169,10 +170,14 @@ struct MicStepStats {
 
 // One optimisation step of the student (see the top of this file). The teacher
 // is EMA-updated first (not with no_ema), and never receives gradients.
-// `generator` draws the masks and augmentation.
-MicStepStats MicTrainingStep(MicNet& student, MicNet& teacher, torch::optim::Optimizer& optimizer,
-                             const MicBatch& batch, int64_t step, const MicOptions& options,
-                             at::Generator generator);
+// `generator` draws the masks and augmentation. `sync` (data-parallel
+// training) runs between backward and the optimiser step; the step fails only
+// when it does.
+absl::StatusOr<MicStepStats> MicTrainingStep(MicNet& student, MicNet& teacher,
+                                             torch::optim::Optimizer& optimizer,
+                                             const MicBatch& batch, int64_t step,
+                                             const MicOptions& options, at::Generator generator,
+                                             const GradientSync& sync = nullptr);
 
 struct MicEvaluation {
   double accuracy = 0;            // top-1 (classification) or pixel accuracy

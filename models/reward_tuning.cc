@@ -73,12 +73,18 @@ absl::StatusOr<Pix2SeqConfig> ReadConfig(torch::serialize::InputArchive& archive
 
 // Clips the gradients of every parameter the optimizer updates; returns the
 // norm before clipping.
-double ClipGradients(torch::optim::Optimizer& optimizer, double max_norm) {
+std::vector<torch::Tensor> OptimizedParameters(torch::optim::Optimizer& optimizer) {
   std::vector<torch::Tensor> params;
   for (const auto& group : optimizer.param_groups()) {
-    for (const torch::Tensor& p : group.params()) {
-      if (p.grad().defined()) params.push_back(p);
-    }
+    for (const torch::Tensor& p : group.params()) params.push_back(p);
+  }
+  return params;
+}
+
+double ClipGradients(torch::optim::Optimizer& optimizer, double max_norm) {
+  std::vector<torch::Tensor> params;
+  for (const torch::Tensor& p : OptimizedParameters(optimizer)) {
+    if (p.grad().defined()) params.push_back(p);
   }
   if (params.empty()) return 0;
   const double limit = max_norm > 0 ? max_norm : std::numeric_limits<double>::infinity();
@@ -133,7 +139,8 @@ absl::StatusOr<Pix2Seq> LoadPix2Seq(torch::serialize::InputArchive& archive) {
 
 absl::StatusOr<double> DetectorMleStep(Pix2SeqImpl& model, torch::optim::Optimizer& optimizer,
                                        const Scenes& scenes, const at::Tensor& batch,
-                                       uint64_t order_seed, double max_grad_norm) {
+                                       uint64_t order_seed, double max_grad_norm,
+                                       const GradientSync& sync) {
   const torch::Tensor index = batch.to(torch::kCPU).to(torch::kLong).contiguous();
   const int64_t* ids = index.data_ptr<int64_t>();
   std::vector<std::vector<int64_t>> sequences;
@@ -155,6 +162,7 @@ absl::StatusOr<double> DetectorMleStep(Pix2SeqImpl& model, torch::optim::Optimiz
                                           targets.mask.to(images.device()));
   optimizer.zero_grad();
   loss.backward();
+  OFFSITE_RETURN_IF_ERROR(SyncGradients(sync, OptimizedParameters(optimizer)));
   ClipGradients(optimizer, max_grad_norm);
   optimizer.step();
   return loss.item<double>();
@@ -262,7 +270,7 @@ absl::StatusOr<ClassifierEvaluation> EvaluateClassifier(const LogitsFn& logits_f
 absl::StatusOr<ReinforceStepStats> DetectorReinforceStep(
     Pix2SeqImpl& model, torch::optim::Optimizer& optimizer, const at::Tensor& images,
     const std::vector<std::vector<Box>>& truth, const RewardFn& reward,
-    const ReinforceOptions& options, at::Generator generator) {
+    const ReinforceOptions& options, at::Generator generator, const GradientSync& sync) {
   const int64_t n = images.size(0);
   const int64_t k = options.samples_per_input;
   if (static_cast<int64_t>(truth.size()) != n || k < 2 || !(options.temperature > 0)) {
@@ -292,6 +300,7 @@ absl::StatusOr<ReinforceStepStats> DetectorReinforceStep(
   torch::Tensor loss = ReinforceLoss(advantages, log_prob);
   optimizer.zero_grad();
   loss.backward();
+  OFFSITE_RETURN_IF_ERROR(SyncGradients(sync, OptimizedParameters(optimizer)));
   ReinforceStepStats stats;
   stats.grad_norm = ClipGradients(optimizer, options.max_grad_norm);
   optimizer.step();
@@ -305,7 +314,7 @@ absl::StatusOr<ReinforceStepStats> DetectorReinforceStep(
 absl::StatusOr<ReinforceStepStats> ClassifierReinforceStep(
     const LogitsFn& logits_fn, torch::optim::Optimizer& optimizer, const at::Tensor& images,
     const at::Tensor& labels, const RewardFn& reward, const ReinforceOptions& options,
-    at::Generator generator) {
+    at::Generator generator, const GradientSync& sync) {
   const int64_t n = images.size(0);
   const int64_t k = options.samples_per_input;
   if (labels.size(0) != n || k < 2 || !(options.temperature > 0)) {
@@ -336,6 +345,7 @@ absl::StatusOr<ReinforceStepStats> ClassifierReinforceStep(
   torch::Tensor loss = ReinforceLoss(advantages, sample_log_prob);
   optimizer.zero_grad();
   loss.backward();
+  OFFSITE_RETURN_IF_ERROR(SyncGradients(sync, OptimizedParameters(optimizer)));
   ReinforceStepStats stats;
   stats.grad_norm = ClipGradients(optimizer, options.max_grad_norm);
   optimizer.step();

@@ -31,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/data_parallel.h"
 #include "common/detection_scenes.h"
 #include "models/pix2seq.h"
 #include "models/rewards.h"
@@ -61,9 +62,12 @@ absl::StatusOr<Pix2Seq> LoadPix2Seq(torch::serialize::InputArchive& archive);
 // order drawn from (order_seed, scene index), so a new order_seed per epoch
 // gives new orders and a replayed epoch the same ones. Gradients are clipped
 // to max_grad_norm when it is positive. Returns the loss (nats per token).
+// Every step function here calls `sync` (data-parallel training) between
+// backward and clipping, so clipping sees the whole global batch's gradient.
 absl::StatusOr<double> DetectorMleStep(Pix2SeqImpl& model, torch::optim::Optimizer& optimizer,
                                        const Scenes& scenes, const at::Tensor& batch,
-                                       uint64_t order_seed, double max_grad_norm = 1.0);
+                                       uint64_t order_seed, double max_grad_norm = 1.0,
+                                       const GradientSync& sync = nullptr);
 
 // ---------------------------------------------------------------------------
 // Evaluation.
@@ -137,7 +141,7 @@ struct ReinforceStepStats {
 absl::StatusOr<ReinforceStepStats> DetectorReinforceStep(
     Pix2SeqImpl& model, torch::optim::Optimizer& optimizer, const at::Tensor& images,
     const std::vector<std::vector<Box>>& truth, const RewardFn& reward,
-    const ReinforceOptions& options, at::Generator generator);
+    const ReinforceOptions& options, at::Generator generator, const GradientSync& sync = nullptr);
 
 // The same for a classifier: K classes sampled per image from
 // softmax(logits / temperature), rewarded with reward(class, labels[n]).
@@ -145,7 +149,7 @@ absl::StatusOr<ReinforceStepStats> DetectorReinforceStep(
 absl::StatusOr<ReinforceStepStats> ClassifierReinforceStep(
     const LogitsFn& logits_fn, torch::optim::Optimizer& optimizer, const at::Tensor& images,
     const at::Tensor& labels, const RewardFn& reward, const ReinforceOptions& options,
-    at::Generator generator);
+    at::Generator generator, const GradientSync& sync = nullptr);
 
 }  // namespace offsite
 

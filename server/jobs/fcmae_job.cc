@@ -97,7 +97,9 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
   loop.device = device;
   OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel, ConnectDataParallel(ctx));
   loop.data_parallel = data_parallel.get();
-  loop.module = fcmae.get();
+  loop.parameters = fcmae->parameters();
+  loop.buffers = fcmae->buffers();
+  const GradientSync sync = GradientSyncOf(data_parallel.get());
   TrainingLoopHooks hooks;
   hooks.step = [&](const torch::Tensor& batch, int64_t global_step) -> absl::Status {
     fcmae->train();
@@ -106,13 +108,12 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
     FcmaeOutput out = fcmae->forward(data.train_images.index_select(0, batch));
     optimizer->zero_grad();
     out.loss.backward();
-    OFFSITE_RETURN_IF_ERROR(SyncGradients(loop));
+    OFFSITE_RETURN_IF_ERROR(SyncGradients(sync, loop.parameters));
     optimizer->step();
     const double loss = out.loss.item<double>();
     if (!std::isfinite(loss)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("loss became ", loss, " at step ", global_step,
-                       "; lower fcmae.learning_rate"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "loss became ", loss, " at step ", global_step, "; lower fcmae.learning_rate"));
     }
     loss_sum += loss;
     ++loss_count;
@@ -141,8 +142,7 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
 
   // The encoder, loadable by a finetune job of the same arch.
   torch::serialize::OutputArchive encoder_archive;
-  OFFSITE_RETURN_IF_ERROR(
-      SaveConvNextV2(encoder_config, *fcmae->encoder(), encoder_archive));
+  OFFSITE_RETURN_IF_ERROR(SaveConvNextV2(encoder_config, *fcmae->encoder(), encoder_archive));
   const std::string encoder_path = ctx.work_dir() + "/fcmae_encoder.pt";
   OFFSITE_RETURN_IF_ERROR(WriteArchiveFile(encoder_archive, encoder_path));
   OFFSITE_RETURN_IF_ERROR(ctx.AddArtifact(encoder_path, "fcmae_encoder.pt").status());
@@ -157,12 +157,12 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
   grid_options.mean = data.mean;
   grid_options.std = data.std;
   grid_options.max_images = spec.sample_images();
-  torch::Tensor grid = ReconstructionGrid(samples, out.mask, fcmae->Reconstruct(samples, out),
-                                          grid_options)
-                           .contiguous();
+  torch::Tensor grid =
+      ReconstructionGrid(samples, out.mask, fcmae->Reconstruct(samples, out), grid_options)
+          .contiguous();
   const std::string png_path = ctx.work_dir() + "/reconstructions.png";
-  OFFSITE_RETURN_IF_ERROR(WritePng(png_path, grid.data_ptr<uint8_t>(), grid.size(1),
-                                   grid.size(0), grid.size(2)));
+  OFFSITE_RETURN_IF_ERROR(
+      WritePng(png_path, grid.data_ptr<uint8_t>(), grid.size(1), grid.size(0), grid.size(2)));
   return ctx.AddArtifact(png_path, "reconstructions.png").status();
 }
 

@@ -5,8 +5,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint.h"
-#include "common/safetensors.h"
 #include "common/proto_util.h"
+#include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "models/lr_schedule.h"
 #include "models/offsite_tuning.h"
@@ -89,7 +89,8 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   torch::Tensor train_index =
       spec.label_subset() > 0
           ? BalancedSubset(data.train_labels, config.num_classes, spec.label_subset(), spec.seed())
-          : torch::arange(data.train_images.size(0), torch::TensorOptions(torch::kLong).device(device));
+          : torch::arange(data.train_images.size(0),
+                          torch::TensorOptions(torch::kLong).device(device));
   torch::Tensor train_images = data.train_images.index_select(0, train_index);
   torch::Tensor train_labels = data.train_labels.index_select(0, train_index);
 
@@ -101,22 +102,22 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
     absl::Status loaded = ReadArchiveFile(path, &archive);
     if (loaded.ok()) loaded = LoadConvNextV2Backbone(config, *model, archive);
     if (!loaded.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("finetune.pretrained_artifact ",
-                                                     spec.pretrained_artifact(), ": ",
-                                                     loaded.message()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "finetune.pretrained_artifact ", spec.pretrained_artifact(), ": ", loaded.message()));
     }
     ctx.Log(absl::StrCat("loaded the pretrained encoder from ", spec.pretrained_artifact()));
   }
   if (spec.linear_probe()) {
     // Only the head (its LayerNorm and Linear) learns; the encoder is frozen.
     for (auto& item : model->named_parameters()) {
-      const bool head = absl::StartsWith(item.key(), "head.") || absl::StartsWith(item.key(), "norm.");
+      const bool head =
+          absl::StartsWith(item.key(), "head.") || absl::StartsWith(item.key(), "norm.");
       item.value().set_requires_grad(head);
     }
   }
   model->to(device);
-  std::unique_ptr<torch::optim::AdamW> optimizer = MakeAdamW(
-      *model, spec.learning_rate(), spec.weight_decay(), 0.999, /*exclude_grn=*/true);
+  std::unique_ptr<torch::optim::AdamW> optimizer =
+      MakeAdamW(*model, spec.learning_rate(), spec.weight_decay(), 0.999, /*exclude_grn=*/true);
 
   const int64_t n = train_images.size(0);
   const int64_t steps_per_epoch = (n + spec.batch_size() - 1) / spec.batch_size();
@@ -137,7 +138,9 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   loop.device = device;
   OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel, ConnectDataParallel(ctx));
   loop.data_parallel = data_parallel.get();
-  loop.module = model.get();
+  loop.parameters = model->parameters();
+  loop.buffers = model->buffers();
+  const GradientSync sync = GradientSyncOf(data_parallel.get());
   TrainingLoopHooks hooks;
   hooks.step = [&](const torch::Tensor& batch, int64_t global_step) -> absl::Status {
     model->train();
@@ -149,7 +152,7 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
         torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(spec.label_smoothing()));
     optimizer->zero_grad();
     loss.backward();
-    OFFSITE_RETURN_IF_ERROR(SyncGradients(loop));
+    OFFSITE_RETURN_IF_ERROR(SyncGradients(sync, loop.parameters));
     optimizer->step();
     loss_sum += loss.item<double>();
     ++loss_count;

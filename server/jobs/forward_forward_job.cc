@@ -147,8 +147,16 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
   loop.seed = spec.seed();
   loop.checkpoint_format = kCheckpointFormat;
   loop.device = device;
+  OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel, ConnectDataParallel(ctx));
+  loop.data_parallel = data_parallel.get();
+  loop.parameters = ff.parameters();
+  ff.set_gradient_sync(GradientSyncOf(data_parallel.get()));
+  if (bp) {
+    for (const torch::Tensor& p : bp->parameters()) loop.parameters.push_back(p);
+    bp->set_gradient_sync(GradientSyncOf(data_parallel.get()));
+  }
   TrainingLoopHooks hooks;
-  hooks.step = [&](const torch::Tensor& index, int64_t global_step) {
+  hooks.step = [&](const torch::Tensor& index, int64_t global_step) -> absl::Status {
     if (spec.lr_cooldown()) {
       const double lr =
           LinearCooldown(global_step / steps_per_epoch + 1, spec.epochs(), spec.learning_rate());
@@ -157,10 +165,13 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
     }
     torch::Tensor x = train_x.index_select(0, index);
     torch::Tensor y = train_y.index_select(0, index);
-    StepStats stats = ff.TrainStep(x, y);
+    OFFSITE_ASSIGN_OR_RETURN(StepStats stats, ff.TrainStep(x, y));
     loss_sum += stats.loss;
     softmax_loss_sum += stats.softmax_loss;
-    if (bp) bp_loss_sum += bp->TrainStep(x, y);
+    if (bp) {
+      OFFSITE_ASSIGN_OR_RETURN(double bp_loss, bp->TrainStep(x, y));
+      bp_loss_sum += bp_loss;
+    }
     ++steps;
     return absl::OkStatus();
   };

@@ -12,6 +12,7 @@ class ForwardForwardJob : public JobRunner {
  public:
   absl::Status Validate(const v1::JobSpec& spec) const override;
   absl::Status Run(const v1::JobSpec& spec, JobContext& ctx) const override;
+  bool SupportsDataParallel() const override { return true; }
 };
 
 }  // namespace offsite

@@ -19,6 +19,7 @@
 #include "models/mic.h"
 #include "models/model_arch.h"
 #include "models/optimizer.h"
+#include "server/jobs/training_loop.h"
 
 namespace offsite {
 namespace {
@@ -366,7 +367,17 @@ absl::Status MicJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
       return loaded;
     }
   }
+  // Data-parallel: the teacher is kept identical on every rank with the student.
+  OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> dp, ConnectDataParallel(ctx));
+  std::vector<torch::Tensor> kept_equal = student->buffers();
+  for (const torch::Tensor& t : teacher->parameters()) kept_equal.push_back(t);
+  for (const torch::Tensor& t : teacher->buffers()) kept_equal.push_back(t);
+  OFFSITE_RETURN_IF_ERROR(
+      StartDataParallel(dp.get(), student->parameters(), kept_equal, spec.batch_size()));
+  const GradientSync sync = GradientSyncOf(dp.get());
   auto checkpoint = [&](int64_t next_step) {
+    // Ranks hold the same state; rank 0's checkpoint is the one kept.
+    if (dp != nullptr && dp->rank() != 0) return absl::OkStatus();
     torch::serialize::OutputArchive archive, student_archive, teacher_archive, optimizer_archive;
     archive.write("step", c10::IValue(next_step));
     student->save(student_archive);
@@ -405,17 +416,21 @@ absl::Status MicJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
     const uint64_t step_seed = StreamSeed(spec.seed(), static_cast<uint64_t>(step));
     torch::manual_seed(step_seed);
     torch::Generator generator = at::detail::createCPUGenerator(step_seed);
-    torch::Tensor source_index =
-        torch::randint(n_source, {batch}, generator, torch::kLong).to(device);
-    torch::Tensor target_index =
-        torch::randint(n_target, {batch}, generator, torch::kLong).to(device);
+    // Every rank draws the same global batch and trains on its share.
+    torch::Tensor source_index = ShareOfBatch(
+        dp.get(), torch::randint(n_source, {batch}, generator, torch::kLong).to(device));
+    torch::Tensor target_index = ShareOfBatch(
+        dp.get(), torch::randint(n_target, {batch}, generator, torch::kLong).to(device));
     MicBatch mic_batch;
     mic_batch.source_images = source_images.index_select(0, source_index);
     mic_batch.source_labels = source_labels.index_select(0, source_index);
     mic_batch.target_images = target_images.index_select(0, target_index);
     SetLearningRate(*optimizer,
                     WarmupCosine(step, spec.warmup_steps(), steps, spec.learning_rate()));
-    running.Add(MicTrainingStep(student, teacher, *optimizer, mic_batch, step, options, generator));
+    OFFSITE_ASSIGN_OR_RETURN(
+        MicStepStats stats,
+        MicTrainingStep(student, teacher, *optimizer, mic_batch, step, options, generator, sync));
+    running.Add(stats);
     ctx.ReportProgress("training", step + 1, steps);
     const bool eval_now = (step + 1) % spec.eval_every() == 0 || step + 1 == steps;
     if (eval_now || ctx.CheckpointDue()) OFFSITE_RETURN_IF_ERROR(checkpoint(step + 1));

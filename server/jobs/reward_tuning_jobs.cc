@@ -115,8 +115,12 @@ absl::StatusOr<RewardFn> DetectionRewardFn(double duplicate_weight) {
 
 // What a reward_tune run needs from its model kind: one REINFORCE step, a
 // held-out evaluation into named metrics, the module and its optimiser (for
-// checkpoints), and the final artifact.
+// checkpoints), and the final artifact. A data-parallel step draws the global
+// batch from the generator (the same on every rank) and trains on its
+// ShareOfBatch with GradientSyncOf(data_parallel).
 struct TuneTarget {
+  std::unique_ptr<DataParallel> data_parallel;
+  int64_t batch_size = 0;  // global
   std::function<absl::StatusOr<ReinforceStepStats>(at::Generator generator)> step;
   std::function<absl::Status(std::map<std::string, double>& metrics)> evaluate;
   torch::nn::Module* module = nullptr;
@@ -149,12 +153,17 @@ absl::Status RunTuneLoop(const v1::RewardTuneSpec& spec, TuneTarget& target, Job
       return loaded;
     }
   }
+  OFFSITE_RETURN_IF_ERROR(StartDataParallel(target.data_parallel.get(), target.module->parameters(),
+                                            target.module->buffers(), target.batch_size));
   if (start == 0) {
     std::map<std::string, double> first = initial;
     first["step"] = 0;
     ctx.ReportMetrics(0, first);
   }
   auto checkpoint = [&](int64_t step) {
+    // Ranks hold the same state; rank 0's checkpoint is the one kept.
+    DataParallel* dp = target.data_parallel.get();
+    if (dp != nullptr && dp->rank() != 0) return absl::OkStatus();
     torch::serialize::OutputArchive archive;
     archive.write("step", c10::IValue(step));
     WriteTrainingState(archive, *target.module, *target.optimizer);
@@ -266,17 +275,22 @@ absl::Status TuneDetector(const v1::RewardTuneSpec& spec, Pix2Seq model,
   const int64_t n = data.train.images.size(0);
   const int64_t batch = std::min<int64_t>(spec.batch_size(), n);
   TuneTarget target;
+  OFFSITE_ASSIGN_OR_RETURN(target.data_parallel, ConnectDataParallel(ctx));
+  target.batch_size = batch;
   target.module = model.get();
   target.optimizer = MakeAdamW(*model, spec.learning_rate(), /*weight_decay=*/0, 0.999, false);
   target.step = [&](at::Generator generator) -> absl::StatusOr<ReinforceStepStats> {
-    const torch::Tensor index = torch::randperm(n, generator, torch::kLong).slice(0, 0, batch);
+    const torch::Tensor index =
+        ShareOfBatch(target.data_parallel.get(),
+                     torch::randperm(n, generator, torch::kLong).slice(0, 0, batch))
+            .contiguous();
     std::vector<std::vector<Box>> truth;
-    for (int64_t i = 0; i < batch; ++i) {
+    for (int64_t i = 0; i < index.size(0); ++i) {
       truth.push_back(data.train.objects[index.data_ptr<int64_t>()[i]]);
     }
     return DetectorReinforceStep(*model, *target.optimizer,
                                  data.train.images.index_select(0, index.to(device)), truth, reward,
-                                 options, generator);
+                                 options, generator, GradientSyncOf(target.data_parallel.get()));
   };
   target.evaluate = [&](std::map<std::string, double>& metrics) -> absl::Status {
     OFFSITE_ASSIGN_OR_RETURN(DetectorEvaluation eval, EvaluateDetector(*model, data.test, reward));
@@ -349,15 +363,20 @@ absl::Status TuneClassifier(const v1::RewardTuneSpec& spec, LoadedModel loaded, 
   const int64_t batch = std::min<int64_t>(spec.batch_size(), n);
   const LogitsFn logits = [&](const at::Tensor& images) { return model->forward(images); };
   TuneTarget target;
+  OFFSITE_ASSIGN_OR_RETURN(target.data_parallel, ConnectDataParallel(ctx));
+  target.batch_size = batch;
   target.module = model.get();
   target.optimizer = MakeAdamW(*model, spec.learning_rate(), /*weight_decay=*/0, 0.999, false);
   target.step = [&](at::Generator generator) -> absl::StatusOr<ReinforceStepStats> {
     const torch::Tensor index =
-        torch::randperm(n, generator, torch::kLong).slice(0, 0, batch).to(device);
+        ShareOfBatch(target.data_parallel.get(),
+                     torch::randperm(n, generator, torch::kLong).slice(0, 0, batch))
+            .to(device);
     model->train();
-    return ClassifierReinforceStep(
-        logits, *target.optimizer, data.train_images.index_select(0, index),
-        data.train_labels.index_select(0, index), reward, options, generator);
+    return ClassifierReinforceStep(logits, *target.optimizer,
+                                   data.train_images.index_select(0, index),
+                                   data.train_labels.index_select(0, index), reward, options,
+                                   generator, GradientSyncOf(target.data_parallel.get()));
   };
   target.evaluate = [&](std::map<std::string, double>& metrics) -> absl::Status {
     model->eval();
@@ -547,6 +566,11 @@ absl::Status DetectionMleJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) 
   loop.seed = spec.seed();
   loop.checkpoint_format = "detection_mle_checkpoint";
   loop.device = device;
+  OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel, ConnectDataParallel(ctx));
+  loop.data_parallel = data_parallel.get();
+  loop.parameters = model->parameters();
+  loop.buffers = model->buffers();
+  const GradientSync sync = GradientSyncOf(data_parallel.get());
   TrainingLoopHooks hooks;
   hooks.step = [&](const torch::Tensor& batch, int64_t global_step) -> absl::Status {
     SetLearningRate(*optimizer,
@@ -554,7 +578,8 @@ absl::Status DetectionMleJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) 
     // A new object order every epoch, the same one when an epoch is replayed.
     const uint64_t order_seed = spec.seed() * 1000003 + global_step / steps_per_epoch;
     OFFSITE_ASSIGN_OR_RETURN(double loss,
-                             DetectorMleStep(*model, *optimizer, data.train, batch, order_seed));
+                             DetectorMleStep(*model, *optimizer, data.train, batch, order_seed,
+                                             /*max_grad_norm=*/1.0, sync));
     loss_sum += loss;
     ++loss_count;
     return absl::OkStatus();

@@ -39,12 +39,14 @@ class DetectionMleJob : public JobRunner {
  public:
   absl::Status Validate(const v1::JobSpec& spec) const override;
   absl::Status Run(const v1::JobSpec& spec, JobContext& ctx) const override;
+  bool SupportsDataParallel() const override { return true; }
 };
 
 class RewardTuneJob : public JobRunner {
  public:
   absl::Status Validate(const v1::JobSpec& spec) const override;
   absl::Status Run(const v1::JobSpec& spec, JobContext& ctx) const override;
+  bool SupportsDataParallel() const override { return true; }
 };
 
 // The duplicate cost of the "detection" reward in these jobs (RewardTuneSpec's

@@ -42,21 +42,31 @@ absl::StatusOr<std::unique_ptr<DataParallel>> ConnectDataParallel(JobContext& ct
   return DataParallel::Connect(options);
 }
 
-absl::Status SyncGradients(const TrainingLoopOptions& options) {
-  if (options.data_parallel == nullptr) return absl::OkStatus();
-  return options.data_parallel->AllReduceGradients();
+absl::Status StartDataParallel(DataParallel* dp, std::vector<torch::Tensor> parameters,
+                               std::vector<torch::Tensor> buffers, int64_t global_batch) {
+  if (dp == nullptr) return absl::OkStatus();
+  if (global_batch < dp->world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_size ", global_batch,
+                                                   " is smaller than the ", dp->world_size(),
+                                                   " data-parallel workers"));
+  }
+  dp->Attach(std::move(parameters), std::move(buffers));
+  return dp->BroadcastFromRankZero();
+}
+
+torch::Tensor ShareOfBatch(DataParallel* dp, const torch::Tensor& indices) {
+  if (dp == nullptr) return indices;
+  const int64_t size = indices.size(0);
+  const auto [begin, end] = RankShare(size, dp->rank(), dp->world_size());
+  dp->BeginStep(end - begin, size);
+  return indices.slice(0, begin, end);
 }
 
 absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingLoopHooks& hooks,
                              JobContext& ctx) {
   DataParallel* dp = options.data_parallel;
-  if (dp != nullptr && options.module == nullptr) {
-    return absl::InternalError("TrainingLoopOptions.module unset for a data-parallel run");
-  }
-  if (dp != nullptr && options.batch_size < dp->world_size()) {
-    return absl::InvalidArgumentError(absl::StrCat("batch_size ", options.batch_size,
-                                                   " is smaller than the ", dp->world_size(),
-                                                   " data-parallel workers"));
+  if (dp != nullptr && options.parameters.empty()) {
+    return absl::InternalError("TrainingLoopOptions.parameters unset for a data-parallel run");
   }
   const int64_t n = options.num_examples;
   const int64_t batch = options.batch_size;
@@ -68,7 +78,8 @@ absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingL
   int64_t start_epoch = 0, start_step = 0;
   {
     torch::serialize::InputArchive archive;
-    absl::Status loaded = LoadArchive(path, options.checkpoint_format, kCheckpointVersion, &archive);
+    absl::Status loaded =
+        LoadArchive(path, options.checkpoint_format, kCheckpointVersion, &archive);
     if (loaded.ok()) {
       c10::IValue epoch, step;
       archive.read("loop_epoch", epoch);
@@ -76,16 +87,14 @@ absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingL
       start_epoch = epoch.toInt();
       start_step = step.toInt();
       hooks.load(archive);
-      ctx.Log(absl::StrCat("resumed from checkpoint: epoch ", start_epoch + 1, ", step ",
-                           start_step));
+      ctx.Log(
+          absl::StrCat("resumed from checkpoint: epoch ", start_epoch + 1, ", step ", start_step));
     } else if (!absl::IsNotFound(loaded)) {
       return loaded;
     }
   }
-  if (dp != nullptr) {
-    dp->Attach(options.module->parameters(), options.module->buffers());
-    OFFSITE_RETURN_IF_ERROR(dp->BroadcastFromRankZero());
-  }
+  OFFSITE_RETURN_IF_ERROR(
+      StartDataParallel(dp, options.parameters, options.buffers, options.batch_size));
   auto checkpoint = [&](int64_t epoch, int64_t step) {
     // Ranks hold the same state; rank 0's checkpoint is the one kept.
     if (dp != nullptr && dp->rank() != 0) return absl::OkStatus();
@@ -108,15 +117,9 @@ absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingL
       if (ctx.cancelled()) return absl::CancelledError("cancelled");
       const int64_t global = epoch * steps_per_epoch + step;
       torch::Tensor indices = order.slice(0, step * batch, std::min(n, (step + 1) * batch));
-      if (dp != nullptr) {
-        const int64_t size = indices.size(0);
-        if (size >= dp->world_size()) {
-          const auto [begin, end] = RankShare(size, dp->rank(), dp->world_size());
-          dp->BeginStep(end - begin, size);
-          OFFSITE_RETURN_IF_ERROR(hooks.step(indices.slice(0, begin, end), global));
-        }
-      } else {
-        OFFSITE_RETURN_IF_ERROR(hooks.step(indices, global));
+      // Every rank skips a last batch too short to give each an example.
+      if (dp == nullptr || indices.size(0) >= dp->world_size()) {
+        OFFSITE_RETURN_IF_ERROR(hooks.step(ShareOfBatch(dp, indices), global));
       }
       ctx.ReportProgress(absl::StrCat("epoch ", epoch + 1, "/", options.epochs), global + 1,
                          total_steps);

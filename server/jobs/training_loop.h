@@ -8,17 +8,21 @@
 //
 // Data-parallel runs (a job leased to several workers, JobContext::
 // data_parallel()) go through the same loop: every rank walks the same global
-// batches of batch_size examples and trains on its share of each; the step
-// hook calls SyncGradients between backward and the optimiser step:
+// batches of batch_size examples and trains on its share of each; the trainer
+// reduces the gradients between backward and its optimiser step:
 //
 //   OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> dp, ConnectDataParallel(ctx));
 //   loop.data_parallel = dp.get();  // nullptr: one process, nothing changes
-//   loop.module = model.get();
+//   loop.parameters = model->parameters();
+//   loop.buffers = model->buffers();
+//   const GradientSync sync = GradientSyncOf(dp.get());
 //   hooks.step = [&](const torch::Tensor& batch, int64_t step) {
 //     ... loss.backward();
-//     OFFSITE_RETURN_IF_ERROR(SyncGradients(loop));
+//     OFFSITE_RETURN_IF_ERROR(SyncGradients(sync, model->parameters()));
 //     optimizer->step(); ...
 //   };
+//
+// Jobs with their own step loop use StartDataParallel and ShareOfBatch.
 
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
@@ -28,6 +32,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -44,11 +49,12 @@ struct TrainingLoopOptions {
   // Names the checkpoint file kind, e.g. "fcmae_checkpoint".
   std::string checkpoint_format;
   torch::Device device = torch::kCPU;
-  // Set for a data-parallel run: `module`'s parameters and buffers start from
-  // rank 0's (after any resume), and SyncGradients reduces its gradients. A
-  // global batch smaller than the number of ranks is skipped.
+  // Set for a data-parallel run: `parameters` and `buffers` start from rank
+  // 0's (after any resume). A global batch smaller than the number of ranks
+  // (a short last batch) is skipped.
   DataParallel* data_parallel = nullptr;
-  torch::nn::Module* module = nullptr;
+  std::vector<torch::Tensor> parameters;
+  std::vector<torch::Tensor> buffers;
 };
 
 struct TrainingLoopHooks {
@@ -75,9 +81,17 @@ absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingL
 // Joins the other ranks when the job runs data-parallel; nullptr for one process.
 absl::StatusOr<std::unique_ptr<DataParallel>> ConnectDataParallel(JobContext& ctx);
 
-// Between backward and the optimiser step: makes options.module's gradients
-// those of the whole global batch on every rank. OK at once for one process.
-absl::Status SyncGradients(const TrainingLoopOptions& options);
+// For a data-parallel run (OK at once when `dp` is nullptr), after any resume:
+// every rank continues from rank 0's `parameters` and `buffers`, whose
+// gradients the step then reduces. InvalidArgument when a global batch of
+// `global_batch` examples leaves a rank without one.
+absl::Status StartDataParallel(DataParallel* dp, std::vector<torch::Tensor> parameters,
+                               std::vector<torch::Tensor> buffers, int64_t global_batch);
+
+// The part of a step's global batch of example `indices` this rank trains on
+// (all of them for one process), with the step's gradient weight set to its
+// share. Every rank draws the same global batch and takes its own part.
+torch::Tensor ShareOfBatch(DataParallel* dp, const torch::Tensor& indices);
 
 }  // namespace offsite
 

@@ -169,13 +169,13 @@ int Main(int argc, char** argv) {
       const torch::Tensor x = train_x.index_select(0, index);
       const torch::Tensor y = train->labels.index_select(0, index);
       auto t = std::chrono::steady_clock::now();
-      const StepStats stats = ff.TrainStep(x, y);
+      const StepStats stats = ff.TrainStep(x, y).value();
       ff_epoch_s += Seconds(t);
       ff_loss += stats.loss;
       softmax_loss += stats.softmax_loss;
       if (options.backprop) {
         t = std::chrono::steady_clock::now();
-        bp_loss += backprop.TrainStep(x, y);
+        bp_loss += backprop.TrainStep(x, y).value();
         bp_epoch_s += Seconds(t);
       }
       ++steps;

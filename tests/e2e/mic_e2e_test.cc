@@ -34,21 +34,7 @@ TEST(MicE2eTest, SegmentationJobStreamsMetricsAndLeavesTheStudent) {
   auto jobs = v1::JobService::NewStub((*server)->Channel("owner"));
   auto artifacts = v1::ArtifactService::NewStub((*server)->Channel("owner"));
 
-  v1::JobSpec spec;
-  v1::MicSpec* mic = spec.mutable_mic();
-  mic->set_task("segmentation");
-  mic->set_method("mic");
-  mic->mutable_data()->set_train_subset(200);
-  mic->mutable_data()->set_test_subset(60);
-  mic->set_canvas_size(32);
-  mic->mutable_arch()->add_depths(1);
-  mic->mutable_arch()->add_depths(1);
-  mic->mutable_arch()->add_dims(8);
-  mic->mutable_arch()->add_dims(16);
-  mic->set_steps(8);
-  mic->set_batch_size(8);
-  mic->set_warmup_steps(2);
-  mic->set_eval_every(4);
+  const v1::JobSpec spec = testutil::TinyMicSpec();
   auto submitted = testutil::SubmitJob(*jobs, spec);
   ASSERT_TRUE(submitted.ok()) << submitted.status();
   EXPECT_EQ(submitted->kind(), "mic");

@@ -30,24 +30,7 @@ TEST(RewardTuningE2eTest, DetectionMleThenRewardTuningFromItsDetector) {
   auto jobs = v1::JobService::NewStub((*server)->Channel("owner"));
 
   // A few 32 px scenes and a tiny detector, so the pair takes seconds.
-  v1::JobSpec mle_spec;
-  v1::DetectionMleSpec* mle = mle_spec.mutable_detection_mle();
-  mle->mutable_scenes()->mutable_items()->set_train_subset(500);
-  mle->mutable_scenes()->mutable_items()->set_test_subset(200);
-  mle->mutable_scenes()->set_train_scenes(32);
-  mle->mutable_scenes()->set_test_scenes(8);
-  mle->mutable_scenes()->set_canvas_size(32);
-  mle->mutable_scenes()->set_max_objects(2);
-  mle->mutable_scenes()->set_min_scale(0.4);
-  mle->mutable_scenes()->set_max_scale(0.5);
-  mle->mutable_arch()->add_encoder_depths(1);
-  mle->mutable_arch()->add_encoder_dims(16);
-  mle->mutable_arch()->set_decoder_layers(1);
-  mle->mutable_arch()->set_decoder_width(32);
-  mle->mutable_arch()->set_decoder_heads(2);
-  mle->mutable_arch()->set_coordinate_bins(32);
-  mle->set_epochs(2);
-  mle->set_batch_size(16);
+  const v1::JobSpec mle_spec = testutil::TinyDetectionMleSpec();
   auto submitted = testutil::SubmitJob(*jobs, mle_spec);
   ASSERT_TRUE(submitted.ok()) << submitted.status();
   EXPECT_EQ(submitted->kind(), "detection_mle");
@@ -61,14 +44,7 @@ TEST(RewardTuningE2eTest, DetectionMleThenRewardTuningFromItsDetector) {
   EXPECT_EQ(trained->metrics().at("epoch"), 2);
   ASSERT_EQ(trained->artifact_ids_size(), 1);  // detector.pt
 
-  v1::JobSpec tune_spec;
-  v1::RewardTuneSpec* tune = tune_spec.mutable_reward_tune();
-  tune->set_pretrained_artifact(trained->artifact_ids(0));
-  tune->set_samples_per_input(4);
-  tune->set_batch_size(4);
-  tune->set_steps(6);
-  tune->set_eval_every(3);
-  tune->set_learning_rate(1e-4);
+  v1::JobSpec tune_spec = testutil::TinyRewardTuneSpec(trained->artifact_ids(0));
   submitted = testutil::SubmitJob(*jobs, tune_spec);
   ASSERT_TRUE(submitted.ok()) << submitted.status();
   EXPECT_EQ(submitted->kind(), "reward_tune");
@@ -93,7 +69,7 @@ TEST(RewardTuningE2eTest, DetectionMleThenRewardTuningFromItsDetector) {
   EXPECT_GE(with_sampled_reward, 2);
 
   // A bad spec is refused at submission, naming the field.
-  tune->set_samples_per_input(1);
+  tune_spec.mutable_reward_tune()->set_samples_per_input(1);
   auto refused = testutil::SubmitJob(*jobs, tune_spec);
   ASSERT_FALSE(refused.ok());
   EXPECT_NE(refused.status().message().find("samples_per_input"), std::string::npos);

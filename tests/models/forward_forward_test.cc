@@ -8,6 +8,8 @@
 #include <sstream>
 #include <vector>
 
+#include "tests/util/gradient_sync_probe.h"
+
 namespace offsite {
 namespace {
 
@@ -49,7 +51,9 @@ class SyntheticTaskTest : public ::testing::Test {
       const torch::Tensor order = torch::randperm(train_.x.size(0), torch::kInt64);
       for (int64_t start = 0; start < order.size(0); start += kBatch) {
         const torch::Tensor index = order.slice(0, start, start + kBatch);
-        trainer.TrainStep(train_.x.index_select(0, index), train_.y.index_select(0, index));
+        ASSERT_TRUE(
+            trainer.TrainStep(train_.x.index_select(0, index), train_.y.index_select(0, index))
+                .ok());
       }
     }
   }
@@ -212,9 +216,9 @@ TEST_F(SyntheticTaskTest, ForwardForwardBeatsChanceInBothModes) {
   ForwardForwardTrainer trainer(SmallOptions(), torch::kCPU);
   const torch::Tensor x = train_.x.slice(0, 0, 100);
   const torch::Tensor y = train_.y.slice(0, 0, 100);
-  const StepStats first = trainer.TrainStep(x, y);
+  const StepStats first = trainer.TrainStep(x, y).value();
   Train(trainer, /*epochs=*/6);
-  const StepStats last = trainer.TrainStep(x, y);
+  const StepStats last = trainer.TrainStep(x, y).value();
   EXPECT_LT(last.loss, first.loss);
   EXPECT_LT(last.softmax_loss, first.softmax_loss);
 
@@ -264,9 +268,9 @@ TEST_F(SyntheticTaskTest, SaveLoadRestoresModelAndOptimisers) {
   const torch::Tensor x = train_.x.slice(0, 0, 50);
   const torch::Tensor y = train_.y.slice(0, 0, 50);
   torch::manual_seed(5);
-  trained.TrainStep(x, y);
+  ASSERT_TRUE(trained.TrainStep(x, y).ok());
   torch::manual_seed(5);
-  restored.TrainStep(x, y);
+  ASSERT_TRUE(restored.TrainStep(x, y).ok());
   for (int64_t i = 0; i < trained.net()->num_layers(); ++i) {
     EXPECT_TRUE(torch::allclose(trained.net()->layer(i)->weight, restored.net()->layer(i)->weight,
                                 1e-6, 1e-7))
@@ -279,11 +283,12 @@ TEST(ForwardForwardTest, ZeroLearningRateFreezesEveryLayerAndTheHead) {
   ForwardForwardTrainer trainer(SmallOptions(), torch::kCPU);
   const torch::Tensor x = torch::rand({16, 200});
   const torch::Tensor y = torch::randint(0, 10, {16}, torch::kInt64);
-  trainer.TrainStep(x, y);  // Non-zero Adam moments, which must not move anything either.
+  ASSERT_TRUE(
+      trainer.TrainStep(x, y).ok());  // Non-zero Adam moments, which must not move anything either.
   const torch::Tensor before = trainer.LabelGoodness(x);
   const torch::Tensor softmax_before = trainer.PredictSoftmax(x);
   trainer.SetLearningRate(0);
-  trainer.TrainStep(x, y);
+  ASSERT_TRUE(trainer.TrainStep(x, y).ok());
   EXPECT_TRUE(trainer.LabelGoodness(x).equal(before));
   EXPECT_TRUE(trainer.PredictSoftmax(x).equal(softmax_before));
 }
@@ -331,6 +336,33 @@ TEST(AccuracyTest, IsFractionCorrect) {
                    0.5);
   EXPECT_DOUBLE_EQ(Accuracy(torch::zeros({0}, torch::kInt64), torch::zeros({0}, torch::kInt64)),
                    0.0);
+}
+
+TEST(ForwardForwardTest, GradientSyncSeesEveryTrainedParameterAndItsFailureStopsTheStep) {
+  torch::manual_seed(0);
+  const torch::Tensor x = torch::rand({16, 200});
+  const torch::Tensor y = torch::randint(0, 10, {16}, torch::kInt64);
+  ForwardForwardTrainer ff(SmallOptions(), torch::kCPU);
+  BackpropMlpTrainer bp(SmallOptions(), torch::kCPU);
+  testutil::GradientSyncProbe probe;
+  ff.set_gradient_sync(probe.Sync());
+  bp.set_gradient_sync(probe.Sync());
+  ASSERT_TRUE(ff.TrainStep(x, y).ok());
+  EXPECT_EQ(probe.calls, 2);  // the layers', then the head's
+  ASSERT_TRUE(bp.TrainStep(x, y).ok());
+  EXPECT_EQ(probe.calls, 3);
+  EXPECT_TRUE(probe.gradients_ready);
+  EXPECT_TRUE(probe.Saw(ff.parameters()));
+  EXPECT_TRUE(probe.Saw(bp.parameters()));
+
+  // A lost peer: the step fails and no weight moves.
+  probe.result = absl::UnavailableError("peer gone");
+  const std::vector<torch::Tensor> ff_before = testutil::Copies(ff.parameters());
+  const std::vector<torch::Tensor> bp_before = testutil::Copies(bp.parameters());
+  EXPECT_TRUE(absl::IsUnavailable(ff.TrainStep(x, y).status()));
+  EXPECT_TRUE(absl::IsUnavailable(bp.TrainStep(x, y).status()));
+  EXPECT_TRUE(testutil::Unchanged(ff.parameters(), ff_before));
+  EXPECT_TRUE(testutil::Unchanged(bp.parameters(), bp_before));
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include "gtest/gtest.h"
 #include "models/optimizer.h"
+#include "tests/util/gradient_sync_probe.h"
 
 namespace offsite {
 namespace {
@@ -172,11 +173,12 @@ class MicStepTest : public ::testing::TestWithParam<MicTask> {
 
 TEST_P(MicStepTest, TeacherGetsNoGradientOnlyTheEmaOfTheStudent) {
   // Step 2 with alpha 0.999: a = 2/3. Train one step first so teacher != student.
-  MicTrainingStep(student_, teacher_, *optimizer_, batch_, 1, options_, Generator(1));
+  ASSERT_TRUE(
+      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 1, options_, Generator(1)).ok());
   auto teacher_before = Snapshot(*teacher_);
   auto student_before = Snapshot(*student_);
   MicStepStats stats =
-      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 2, options_, Generator(2));
+      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 2, options_, Generator(2)).value();
   EXPECT_GT(stats.source_loss, 0);
   EXPECT_GT(stats.pseudo_label_loss, 0);
   EXPECT_GT(stats.mic_loss, 0);
@@ -200,12 +202,12 @@ TEST_P(MicStepTest, TeacherGetsNoGradientOnlyTheEmaOfTheStudent) {
 TEST_P(MicStepTest, MethodsAndAblationsSwitchTheirTerms) {
   options_.method = MicMethod::kSourceOnly;
   MicStepStats source_only =
-      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 5, options_, Generator(1));
+      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 5, options_, Generator(1)).value();
   EXPECT_EQ(source_only.pseudo_label_loss, 0);
   EXPECT_EQ(source_only.mic_loss, 0);
   options_.method = MicMethod::kSelfTraining;
   MicStepStats self_training =
-      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 5, options_, Generator(1));
+      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 5, options_, Generator(1)).value();
   EXPECT_GT(self_training.pseudo_label_loss, 0);
   EXPECT_EQ(self_training.mic_loss, 0);
   // no_ema: the student labels itself, and the teacher stays as it was after the EMA above.
@@ -213,7 +215,7 @@ TEST_P(MicStepTest, MethodsAndAblationsSwitchTheirTerms) {
   options_.no_ema = true;
   auto teacher_after_ema = Snapshot(*teacher_);
   MicStepStats no_ema =
-      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 6, options_, Generator(1));
+      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 6, options_, Generator(1)).value();
   EXPECT_GT(no_ema.mic_loss, 0);
   for (const auto& item : teacher_->named_parameters()) {
     EXPECT_TRUE(torch::equal(item.value(), teacher_after_ema[item.key()])) << item.key();
@@ -223,18 +225,36 @@ TEST_P(MicStepTest, MethodsAndAblationsSwitchTheirTerms) {
   options_.no_ema = false;
   options_.tau = 1.0;
   MicStepStats unsure =
-      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 7, options_, Generator(1));
+      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 7, options_, Generator(1)).value();
   EXPECT_EQ(unsure.quality, 0);
   EXPECT_EQ(unsure.mic_loss, 0);
   options_.no_quality_weight = true;
   MicStepStats unweighted =
-      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 8, options_, Generator(1));
+      MicTrainingStep(student_, teacher_, *optimizer_, batch_, 8, options_, Generator(1)).value();
   EXPECT_EQ(unweighted.quality, 1);
   EXPECT_GT(unweighted.mic_loss, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tasks, MicStepTest,
                          ::testing::Values(MicTask::kClassification, MicTask::kSegmentation));
+
+TEST_P(MicStepTest, GradientSyncSeesTheStudentAfterBackwardAndItsFailureStopsTheStep) {
+  testutil::GradientSyncProbe probe;
+  ASSERT_TRUE(MicTrainingStep(student_, teacher_, *optimizer_, batch_, 1, options_, Generator(1),
+                              probe.Sync())
+                  .ok());
+  EXPECT_EQ(probe.calls, 1);
+  EXPECT_TRUE(probe.gradients_ready);
+  EXPECT_TRUE(probe.Saw(student_->parameters()));
+  EXPECT_FALSE(probe.Saw(teacher_->parameters()));
+
+  probe.result = absl::UnavailableError("peer gone");
+  const std::vector<torch::Tensor> before = testutil::Copies(student_->parameters());
+  EXPECT_TRUE(absl::IsUnavailable(MicTrainingStep(student_, teacher_, *optimizer_, batch_, 2,
+                                                  options_, Generator(2), probe.Sync())
+                                      .status()));
+  EXPECT_TRUE(testutil::Unchanged(student_->parameters(), before));
+}
 
 TEST(EvaluateMicTest, PerfectPredictionsScoreOneAndAbsentClassesAreNaN) {
   // An untrained model scored against its own predictions, then against shifted ones.

@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "models/optimizer.h"
+#include "tests/util/gradient_sync_probe.h"
 
 namespace offsite {
 namespace {
@@ -171,6 +172,36 @@ TEST(RewardTuningTest, DetectorReinforceStepRejectsMismatchedInputs) {
                    .ok());
 }
 
+// Each step hands every parameter to the gradient sync after backward and
+// before clipping and the step; a failed sync fails the step with nothing moved.
+TEST(RewardTuningTest, StepsSyncGradientsBeforeTheyMoveAnything) {
+  Pix2Seq model = MakeModel(6);
+  const Scenes scenes = TinyScenes();
+  auto optimizer = MakeAdamW(*model, 1e-3, 0, 0.999, false);
+  const RewardFn reward = MakeReward("detection", {}).value();
+  ReinforceOptions options;
+  options.samples_per_input = 2;
+  const torch::Tensor batch = torch::arange(4, torch::kLong);
+  testutil::GradientSyncProbe probe;
+  ASSERT_TRUE(DetectorMleStep(*model, *optimizer, scenes, batch, 0, 1.0, probe.Sync()).ok());
+  ASSERT_TRUE(DetectorReinforceStep(*model, *optimizer, scenes.images, scenes.objects, reward,
+                                    options, at::detail::createCPUGenerator(0), probe.Sync())
+                  .ok());
+  EXPECT_EQ(probe.calls, 2);
+  EXPECT_TRUE(probe.gradients_ready);
+  EXPECT_TRUE(probe.Saw(model->parameters()));
+
+  probe.result = absl::UnavailableError("peer gone");
+  const std::vector<torch::Tensor> before = testutil::Copies(model->parameters());
+  EXPECT_TRUE(absl::IsUnavailable(
+      DetectorMleStep(*model, *optimizer, scenes, batch, 1, 1.0, probe.Sync()).status()));
+  EXPECT_TRUE(absl::IsUnavailable(
+      DetectorReinforceStep(*model, *optimizer, scenes.images, scenes.objects, reward, options,
+                            at::detail::createCPUGenerator(1), probe.Sync())
+          .status()));
+  EXPECT_TRUE(testutil::Unchanged(model->parameters(), before));
+}
+
 // Three classes, labels independent of the inputs (nothing to learn), and a
 // cost matrix under which class 2 is cheap whatever the truth: tuning must
 // move the argmax decisions to class 2 and raise the reward, toward the
@@ -203,6 +234,18 @@ TEST(RewardTuningTest, CostMatrixTuningMovesPredictionsTowardTheCheapClass) {
   EXPECT_GT(after.prediction_share[2], 0.8);
   EXPECT_GT(after.mean_reward, before.mean_reward + 0.5);
   EXPECT_NEAR(after.mean_reward, -0.5, 0.2);
+
+  // The classifier step syncs too, and stops when the sync fails.
+  testutil::GradientSyncProbe probe;
+  probe.result = absl::UnavailableError("peer gone");
+  const std::vector<torch::Tensor> weights = testutil::Copies(linear->parameters());
+  EXPECT_TRUE(absl::IsUnavailable(
+      ClassifierReinforceStep(logits, optimizer, images, labels, reward, reinforce,
+                              at::detail::createCPUGenerator(0), probe.Sync())
+          .status()));
+  EXPECT_TRUE(probe.gradients_ready);
+  EXPECT_TRUE(probe.Saw(linear->parameters()));
+  EXPECT_TRUE(testutil::Unchanged(linear->parameters(), weights));
 }
 
 TEST(RewardTuningTest, BayesRuleMinimisesExpectedCostOfTheProbabilities) {

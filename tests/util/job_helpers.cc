@@ -29,6 +29,59 @@ v1::JobSpec FashionMnistFfSpec(int train_subset, int test_subset, int epochs,
   return spec;
 }
 
+v1::JobSpec TinyDetectionMleSpec() {
+  v1::JobSpec spec;
+  v1::DetectionMleSpec* mle = spec.mutable_detection_mle();
+  mle->mutable_scenes()->mutable_items()->set_train_subset(500);
+  mle->mutable_scenes()->mutable_items()->set_test_subset(200);
+  mle->mutable_scenes()->set_train_scenes(32);
+  mle->mutable_scenes()->set_test_scenes(8);
+  mle->mutable_scenes()->set_canvas_size(32);
+  mle->mutable_scenes()->set_max_objects(2);
+  mle->mutable_scenes()->set_min_scale(0.4);
+  mle->mutable_scenes()->set_max_scale(0.5);
+  mle->mutable_arch()->add_encoder_depths(1);
+  mle->mutable_arch()->add_encoder_dims(16);
+  mle->mutable_arch()->set_decoder_layers(1);
+  mle->mutable_arch()->set_decoder_width(32);
+  mle->mutable_arch()->set_decoder_heads(2);
+  mle->mutable_arch()->set_coordinate_bins(32);
+  mle->set_epochs(2);
+  mle->set_batch_size(16);
+  return spec;
+}
+
+v1::JobSpec TinyRewardTuneSpec(const std::string& detector_artifact_id) {
+  v1::JobSpec spec;
+  v1::RewardTuneSpec* tune = spec.mutable_reward_tune();
+  tune->set_pretrained_artifact(detector_artifact_id);
+  tune->set_samples_per_input(4);
+  tune->set_batch_size(4);
+  tune->set_steps(6);
+  tune->set_eval_every(3);
+  tune->set_learning_rate(1e-4);
+  return spec;
+}
+
+v1::JobSpec TinyMicSpec() {
+  v1::JobSpec spec;
+  v1::MicSpec* mic = spec.mutable_mic();
+  mic->set_task("segmentation");
+  mic->set_method("mic");
+  mic->mutable_data()->set_train_subset(200);
+  mic->mutable_data()->set_test_subset(60);
+  mic->set_canvas_size(32);
+  mic->mutable_arch()->add_depths(1);
+  mic->mutable_arch()->add_depths(1);
+  mic->mutable_arch()->add_dims(8);
+  mic->mutable_arch()->add_dims(16);
+  mic->set_steps(8);
+  mic->set_batch_size(8);
+  mic->set_warmup_steps(2);
+  mic->set_eval_every(4);
+  return spec;
+}
+
 v1::JobSpec SyntheticFfSpec(const IdxDataSet& data, int epochs) {
   v1::JobSpec spec;
   v1::ForwardForwardSpec* ff = spec.mutable_forward_forward();

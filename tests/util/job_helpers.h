@@ -34,6 +34,14 @@ v1::JobSpec FashionMnistFfSpec(int train_subset, int test_subset, int epochs,
 // A forward_forward job on a data set written by WriteSyntheticIdxDataSet.
 v1::JobSpec SyntheticFfSpec(const IdxDataSet& data, int epochs);
 
+// Jobs small enough for seconds on Fashion-MNIST: a detection_mle of a tiny
+// detector on a few 32 px scenes (2 epochs, batch 16), its reward_tune
+// (6 steps of 4 images x 4 samples), and a mic segmentation run (8 steps of
+// batch 8 on 32 px canvases).
+v1::JobSpec TinyDetectionMleSpec();
+v1::JobSpec TinyRewardTuneSpec(const std::string& detector_artifact_id);
+v1::JobSpec TinyMicSpec();
+
 bool IsFinished(const v1::Job& job);
 
 absl::StatusOr<v1::Job> SubmitJob(v1::JobService::StubInterface& stub, const v1::JobSpec& spec);
