@@ -417,6 +417,9 @@ absl::StatusOr<v1::CompleteResponse> WorkerManager::Complete(const Caller& calle
   if (request.requeue()) {
     state = v1::QUEUED;
     message = absl::StrCat(where, " stopped; the job resumes from its last checkpoint");
+    if (!request.message().empty()) {
+      absl::StrAppend(&message, " (", request.message().substr(0, 1000), ")");
+    }
   } else if (code == absl::StatusCode::kOk) {
     state = v1::SUCCEEDED;
   } else if (code == absl::StatusCode::kCancelled) {

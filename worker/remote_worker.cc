@@ -445,9 +445,13 @@ absl::StatusOr<bool> RemoteWorker::RunOnce(const std::atomic<bool>& stop) {
     return true;
   }
   // Stopping (or unable to set the job up here): back to the queue, with the
-  // newest checkpoint saved first.
-  const bool requeue =
-      !prepared.ok() || (stop && absl::IsCancelled(outcome) && !context.cancel_requested());
+  // newest checkpoint saved first. So too a data-parallel attempt that lost a
+  // peer (its collectives answer Unavailable): the job resumes once all its
+  // ranks are leased again, rather than failing for a killed worker.
+  const bool data_parallel = lease.has_rendezvous() && lease.rendezvous().world_size() > 1;
+  const bool requeue = !prepared.ok() ||
+                       (stop && absl::IsCancelled(outcome) && !context.cancel_requested()) ||
+                       (data_parallel && absl::IsUnavailable(outcome));
   if (requeue) {
     absl::Status synced = context.SyncCheckpoints();
     if (!synced.ok()) std::cerr << "offsite-worker: last checkpoint not saved: " << synced << "\n";

@@ -258,6 +258,53 @@ TEST_F(DataParallelE2eTest, FinetuneJobTrainsOnBothWorkers) {
   EXPECT_EQ(job.metrics().at("epoch"), 2);
 }
 
+// A killed rank fails its peer's next all-reduce at once; the peer hands the
+// job back rather than failing it, and the job finishes from its checkpoint
+// once two workers are free again.
+TEST_F(DataParallelE2eTest, KilledRankRequeuesTheJobWhichResumesOnTheWorkersLeft) {
+  v1::JobSpec spec;
+  v1::FinetuneSpec* finetune = spec.mutable_finetune();
+  finetune->mutable_arch()->add_depths(1);
+  finetune->mutable_arch()->add_dims(16);
+  finetune->set_label_subset(400);
+  finetune->mutable_data()->set_test_subset(100);
+  finetune->set_epochs(40);
+  finetune->set_batch_size(50);
+  spec.mutable_resources()->set_workers(2);
+  absl::StatusOr<v1::Job> submitted = testutil::SubmitJob(*jobs_, spec);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  const std::string id = submitted->id();
+
+  const std::string checkpoint = server_->data_dir() + "/jobs/" + id + "/checkpoint.pt";
+  absl::StatusOr<v1::Job> running = testutil::WaitForJob(
+      *jobs_, id,
+      [&](const v1::Job& job) {
+        return IsFinished(job) || (job.metrics().count("epoch") > 0 && FileExists(checkpoint));
+      },
+      seconds(60));
+  ASSERT_TRUE(running.ok()) << running.status();
+  ASSERT_EQ(running->state(), v1::RUNNING) << "finished before the kill";
+  b_->Kill();
+  std::unique_ptr<ChildProcess> c =
+      StartWorker("worker-c", absl::StrCat("127.0.0.1:", testutil::FreeLoopbackPort()));
+  ASSERT_NE(c, nullptr);
+
+  absl::StatusOr<v1::Job> job = testutil::WaitForJob(*jobs_, id, IsFinished, seconds(180));
+  ASSERT_TRUE(job.ok()) << job.status();
+  ASSERT_EQ(job->state(), v1::SUCCEEDED) << job->error();
+  EXPECT_EQ(job->metrics().at("epoch"), 40);
+  absl::StatusOr<std::vector<v1::JobEvent>> history = testutil::JobEvents(*jobs_, id);
+  ASSERT_TRUE(history.ok()) << history.status();
+  bool requeued = false, resumed = false;
+  for (const v1::JobEvent& event : *history) {
+    requeued |= event.state().state() == v1::QUEUED;
+    resumed |= event.has_log() && absl::StrContains(event.log().text(), "resumed from checkpoint");
+  }
+  EXPECT_TRUE(requeued) << "no requeue in the job's history";
+  EXPECT_TRUE(resumed) << "no 'resumed from checkpoint' log line";
+  EXPECT_FALSE(LeasedBy(tmp_, {"worker-c"}, id).empty());
+}
+
 // Forward-Forward, MIC, MLE detection and REINFORCE tuning of its detector all
 // train data-parallel through the same gradient sync.
 TEST_F(DataParallelE2eTest, EveryOtherTrainingKindTrainsOnBothWorkers) {
