@@ -64,6 +64,20 @@ class WorkersE2eTest : public ::testing::Test {
     }
   }
 
+  // Waits until job `id` has finished an epoch and its checkpoint has reached
+  // the server; fails if the job ends first.
+  void WaitForFirstCheckpoint(const std::string& id) {
+    const std::string checkpoint = server_->data_dir() + "/jobs/" + id + "/checkpoint.pt";
+    absl::StatusOr<v1::Job> running = testutil::WaitForJob(
+        *jobs_, id,
+        [&](const v1::Job& job) {
+          return IsFinished(job) || (job.metrics().count("epoch") > 0 && FileExists(checkpoint));
+        },
+        seconds(60));
+    ASSERT_TRUE(running.ok()) << running.status();
+    ASSERT_EQ(running->state(), v1::RUNNING) << "finished before its first checkpoint";
+  }
+
   // Starts an offsite-worker process with its own certificate (role worker).
   std::unique_ptr<ChildProcess> StartWorker(const std::string& name,
                                             const std::string& rendezvous = "") {
@@ -167,15 +181,7 @@ TEST_F(WorkersE2eTest, KilledWorkersJobIsRequeuedAndFinishesOnAnotherFromItsChec
   const std::string id = submitted->id();
 
   // Once the first epoch's checkpoint has reached the server, kill its worker.
-  const std::string checkpoint = server_->data_dir() + "/jobs/" + id + "/checkpoint.pt";
-  absl::StatusOr<v1::Job> running = testutil::WaitForJob(
-      *jobs_, id,
-      [&](const v1::Job& job) {
-        return IsFinished(job) || (job.metrics().count("epoch") > 0 && FileExists(checkpoint));
-      },
-      seconds(60));
-  ASSERT_TRUE(running.ok()) << running.status();
-  ASSERT_EQ(running->state(), v1::RUNNING) << "finished before the kill";
+  ASSERT_NO_FATAL_FAILURE(WaitForFirstCheckpoint(id));
   const std::string first = LeasedBy(tmp_, worker_names_, id);
   ASSERT_TRUE(first == "worker-a" || first == "worker-b") << first;
   (first == "worker-a" ? a : b)->Kill();
@@ -275,15 +281,7 @@ TEST_F(DataParallelE2eTest, KilledRankRequeuesTheJobWhichResumesOnTheWorkersLeft
   ASSERT_TRUE(submitted.ok()) << submitted.status();
   const std::string id = submitted->id();
 
-  const std::string checkpoint = server_->data_dir() + "/jobs/" + id + "/checkpoint.pt";
-  absl::StatusOr<v1::Job> running = testutil::WaitForJob(
-      *jobs_, id,
-      [&](const v1::Job& job) {
-        return IsFinished(job) || (job.metrics().count("epoch") > 0 && FileExists(checkpoint));
-      },
-      seconds(60));
-  ASSERT_TRUE(running.ok()) << running.status();
-  ASSERT_EQ(running->state(), v1::RUNNING) << "finished before the kill";
+  ASSERT_NO_FATAL_FAILURE(WaitForFirstCheckpoint(id));
   b_->Kill();
   std::unique_ptr<ChildProcess> c =
       StartWorker("worker-c", absl::StrCat("127.0.0.1:", testutil::FreeLoopbackPort()));

@@ -17,6 +17,7 @@
 #include "models/offsite_tuning.h"
 #include "tests/server/test_dir.h"
 #include "tests/util/idx_writer.h"
+#include "tests/util/job_helpers.h"
 
 namespace offsite {
 namespace {
@@ -107,22 +108,10 @@ class RewardTuningJobsTest : public ::testing::Test {
   // A detection_mle job small enough for a few seconds: 32 px canvases with
   // one or two items, a one-stage encoder and a one-layer decoder.
   v1::JobSpec TinyMleSpec() const {
-    v1::JobSpec spec;
+    v1::JobSpec spec = testutil::TinyDetectionMleSpec();
     v1::DetectionMleSpec* mle = spec.mutable_detection_mle();
     SetItems(mle->mutable_scenes()->mutable_items());
     mle->mutable_scenes()->set_train_scenes(24);
-    mle->mutable_scenes()->set_test_scenes(8);
-    mle->mutable_scenes()->set_canvas_size(32);
-    mle->mutable_scenes()->set_max_objects(2);
-    mle->mutable_scenes()->set_min_scale(0.4);
-    mle->mutable_scenes()->set_max_scale(0.5);
-    mle->mutable_arch()->add_encoder_depths(1);
-    mle->mutable_arch()->add_encoder_dims(16);
-    mle->mutable_arch()->set_decoder_layers(1);
-    mle->mutable_arch()->set_decoder_width(32);
-    mle->mutable_arch()->set_decoder_heads(2);
-    mle->mutable_arch()->set_coordinate_bins(32);
-    mle->set_epochs(2);
     mle->set_batch_size(8);
     return spec;
   }
