@@ -1,11 +1,14 @@
 #include "common/data_parallel.h"
 
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/torch.h>
 
 #include <exception>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <unordered_map>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -60,6 +63,48 @@ void Unflatten(const at::Tensor& flat, const std::vector<at::Tensor>& tensors) {
 struct DataParallel::Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> process_group;
+};
+
+// The trainable attached parameters in buckets, last layers first (backward
+// reaches them first), and what one step has sent. Collectives must start in
+// the same order on every rank: buckets leave strictly in index order, and
+// every rank runs the same graph, so the hooks fire alike everywhere.
+struct DataParallel::Overlap {
+  std::vector<at::Tensor> params;
+  std::unordered_map<const void*, size_t> position;  // TensorImpl -> index in params
+  std::vector<std::vector<size_t>> buckets;
+  std::vector<size_t> bucket_of;
+  // Each hook sits on the parameter's gradient accumulator, which the
+  // parameter holds only weakly: keeping it here keeps the hook.
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+  std::vector<uintptr_t> hook_keys;
+
+  bool enabled = true;  // off for good once a trainer syncs in parts
+  bool armed = false;   // between BeginStep and the sync
+  bool stale = false;   // a gradient changed after its bucket left: redo after backward
+  std::vector<bool> ready;
+  std::vector<size_t> missing;  // per bucket: parameters not yet ready
+  size_t next_bucket = 0;
+  std::vector<std::vector<at::Tensor>> flats;  // per sent bucket
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  absl::Status error;  // a send or wait that failed inside a hook or a drain
+
+  ~Overlap() {
+    for (size_t i = 0; i < accumulators.size(); ++i) accumulators[i]->del_post_hook(hook_keys[i]);
+  }
+
+  bool Covers(const std::vector<at::Tensor>& requested) const {
+    std::vector<bool> seen(params.size(), false);
+    size_t count = 0;
+    for (const at::Tensor& p : requested) {
+      if (!p.requires_grad()) continue;
+      auto it = position.find(p.unsafeGetTensorImpl());
+      if (it == position.end()) return false;
+      if (!seen[it->second]) ++count;
+      seen[it->second] = true;
+    }
+    return count == params.size();
+  }
 };
 
 std::pair<int64_t, int64_t> RankShare(int64_t count, int rank, int world_size) {
@@ -119,6 +164,98 @@ absl::StatusOr<std::unique_ptr<DataParallel>> DataParallel::Connect(
 void DataParallel::Attach(std::vector<at::Tensor> parameters, std::vector<at::Tensor> buffers) {
   parameters_ = std::move(parameters);
   buffers_ = std::move(buffers);
+  overlap_.reset();
+  if (!options_.overlap_with_backward) return;
+  auto overlap = std::make_unique<Overlap>();
+  for (const at::Tensor& p : parameters_) {
+    if (!p.requires_grad() || !p.is_leaf() ||
+        overlap->position.count(p.unsafeGetTensorImpl()) > 0) {
+      continue;
+    }
+    overlap->position[p.unsafeGetTensorImpl()] = overlap->params.size();
+    overlap->params.push_back(p);
+  }
+  const size_t n = overlap->params.size();
+  if (n == 0) return;
+  // Buckets in reverse order of the parameters, one dtype each.
+  int64_t filled = 0, limit = options_.first_bucket_bytes;
+  for (size_t k = n; k-- > 0;) {
+    const at::Tensor& p = overlap->params[k];
+    const int64_t size = p.numel() * static_cast<int64_t>(p.element_size());
+    if (overlap->buckets.empty() ||
+        overlap->params[overlap->buckets.back().front()].scalar_type() != p.scalar_type() ||
+        (filled > 0 && filled + size > limit)) {
+      if (!overlap->buckets.empty()) limit = options_.bucket_bytes;
+      overlap->buckets.emplace_back();
+      filled = 0;
+    }
+    overlap->buckets.back().push_back(k);
+    filled += size;
+  }
+  overlap->bucket_of.resize(n);
+  for (size_t b = 0; b < overlap->buckets.size(); ++b) {
+    for (size_t k : overlap->buckets[b]) overlap->bucket_of[k] = b;
+  }
+  Overlap* o = overlap.get();
+  for (size_t k = 0; k < n; ++k) {
+    std::shared_ptr<torch::autograd::Node> accumulator =
+        torch::autograd::impl::grad_accumulator(o->params[k]);
+    // Runs after the gradient has been accumulated into params[k].grad().
+    o->hook_keys.push_back(
+        accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+            [this, o, k](const torch::autograd::variable_list& outputs,
+                         const torch::autograd::variable_list&) {
+              if (!o->enabled || !o->armed) return outputs;
+              if (o->ready[k]) {  // a second gradient this step
+                if (o->bucket_of[k] < o->next_bucket) o->stale = true;
+                return outputs;
+              }
+              o->ready[k] = true;
+              if (--o->missing[o->bucket_of[k]] == 0) {
+                while (o->next_bucket < o->buckets.size() && o->missing[o->next_bucket] == 0) {
+                  SendBucket(o->next_bucket++, /*during_backward=*/true);
+                }
+              }
+              return outputs;
+            })));
+    o->accumulators.push_back(std::move(accumulator));
+  }
+  overlap_ = std::move(overlap);
+}
+
+void DataParallel::SendBucket(size_t b, bool during_backward) {
+  Overlap& o = *overlap_;
+  if (!o.error.ok()) return;
+  try {
+    torch::NoGradGuard no_grad;
+    std::vector<at::Tensor> grads;
+    for (size_t k : o.buckets[b]) {
+      const at::Tensor& p = o.params[k];
+      grads.push_back(p.grad().defined() ? p.grad() : torch::zeros_like(p));
+    }
+    o.flats[b] = {Flatten(grads).mul_(step_weight_)};
+    stats_.allreduce_bytes += o.flats[b][0].numel() * o.flats[b][0].element_size();
+    o.works[b] = group_->process_group->allreduce(o.flats[b]);
+    ++(during_backward ? stats_.buckets_sent_during_backward : stats_.buckets_sent_after_backward);
+  } catch (const std::exception& e) {
+    o.error = absl::UnavailableError(absl::StrCat("gradient all-reduce: ", FirstLine(e)));
+  }
+}
+
+void DataParallel::Drain() {
+  Overlap& o = *overlap_;
+  for (auto& work : o.works) {
+    if (!work) continue;
+    try {
+      work->wait();
+    } catch (const std::exception& e) {
+      if (o.error.ok()) {
+        o.error = absl::UnavailableError(absl::StrCat("gradient all-reduce: ", FirstLine(e)));
+      }
+    }
+    work.reset();
+  }
+  o.armed = false;
 }
 
 absl::Status DataParallel::BroadcastFromRankZero() {
@@ -143,11 +280,56 @@ absl::Status DataParallel::BroadcastFromRankZero() {
 
 void DataParallel::BeginStep(int64_t local, int64_t global) {
   step_weight_ = global > 0 ? static_cast<double>(local) / static_cast<double>(global) : 0.0;
+  if (overlap_ == nullptr) return;
+  Overlap& o = *overlap_;
+  Drain();  // a step that never synced leaves nothing in flight
+  const size_t n = o.params.size(), nb = o.buckets.size();
+  o.ready.assign(n, false);
+  o.missing.assign(nb, 0);
+  for (size_t b = 0; b < nb; ++b) o.missing[b] = o.buckets[b].size();
+  o.flats.assign(nb, {});
+  o.works.assign(nb, c10::intrusive_ptr<c10d::Work>());
+  o.next_bucket = 0;
+  o.stale = false;
+  o.armed = o.enabled;
 }
 
 absl::Status DataParallel::AllReduceGradients() { return AllReduceGradients(parameters_); }
 
 absl::Status DataParallel::AllReduceGradients(const std::vector<at::Tensor>& parameters) {
+  const Clock::time_point start = Clock::now();
+  if (overlap_ != nullptr) {
+    Overlap& o = *overlap_;
+    const bool whole = o.Covers(parameters);
+    if (o.armed && whole && !o.stale) {
+      while (o.next_bucket < o.buckets.size()) SendBucket(o.next_bucket++, false);
+      Drain();
+      if (!o.error.ok()) return std::exchange(o.error, absl::OkStatus());
+      torch::NoGradGuard no_grad;
+      for (size_t b = 0; b < o.buckets.size(); ++b) {
+        std::vector<at::Tensor> grads;
+        for (size_t k : o.buckets[b]) {
+          at::Tensor& p = o.params[k];
+          if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+          grads.push_back(p.grad());
+        }
+        Unflatten(o.flats[b][0], grads);
+      }
+      ++stats_.allreduce_calls;
+      stats_.allreduce_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+      return absl::OkStatus();
+    }
+    // Syncing in parts cannot use what backward sent (a bucket may hold
+    // parameters of a later part): from now on every call reduces its part
+    // after backward, on every rank alike.
+    if (!whole) o.enabled = false;
+    Drain();
+    if (!o.error.ok()) return std::exchange(o.error, absl::OkStatus());
+  }
+  return AllReduceAfterBackward(parameters);
+}
+
+absl::Status DataParallel::AllReduceAfterBackward(const std::vector<at::Tensor>& parameters) {
   const Clock::time_point start = Clock::now();
   try {
     torch::NoGradGuard no_grad;

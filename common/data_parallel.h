@@ -3,9 +3,17 @@
 
 // Data-parallel training on PyTorch's own distributed engine: the ranks of a
 // job meet at a c10d TCPStore (hosted by rank 0), form a Gloo process group,
-// start from rank 0's weights, and after every backward pass sum their
-// gradients, each weighted by its share of the global batch, so every rank
-// takes the step one process would take on the whole batch.
+// start from rank 0's weights, and sum their gradients every step, each
+// weighted by its share of the global batch, so every rank takes the step one
+// process would take on the whole batch.
+//
+// The sum runs in buckets overlapped with backward, as PyTorch's DDP does:
+// a hook on each parameter's gradient accumulator marks it ready, and a
+// bucket (last layers first) is all-reduced as soon as all its gradients are
+// in, while backward goes on with the earlier layers. AllReduceGradients then
+// sends what is left and waits. A trainer that syncs its parameters in parts
+// (one optimiser after another) turns the overlap off for the run and each
+// call reduces its part after backward.
 //
 // Any model trains this way through its parameter list; nothing is specific
 // to a job kind. server/jobs/training_loop.h wires it into the shared loop.
@@ -16,7 +24,7 @@
 //   (*dp)->Attach(model->parameters(), model->buffers());
 //   OFFSITE_RETURN_IF_ERROR((*dp)->BroadcastFromRankZero());
 //   for (...) {
-//     (*dp)->BeginStep(local_batch_size, global_batch_size);
+//     (*dp)->BeginStep(local_batch_size, global_batch_size);  // before backward
 //     loss.backward();
 //     OFFSITE_RETURN_IF_ERROR((*dp)->AllReduceGradients());
 //     optimizer.step();
@@ -46,15 +54,22 @@ struct DataParallelOptions {
   std::string prefix;
   // How long to wait for the other ranks (rendezvous and each collective).
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
-  // Gradients travel in flat buckets of at most this many bytes.
+  // Gradients travel in flat buckets of at most this many bytes; the first
+  // (the last layers') is smaller, so communication starts early.
   int64_t bucket_bytes = int64_t{25} << 20;
+  int64_t first_bucket_bytes = int64_t{1} << 20;
+  // Send buckets while backward runs (off: every bucket after backward).
+  bool overlap_with_backward = true;
 };
 
 // Time spent in collectives, for benchmarks and logs.
 struct DataParallelStats {
   int64_t allreduce_calls = 0;
+  // Time inside AllReduceGradients: what backward did not hide.
   double allreduce_seconds = 0;
   int64_t allreduce_bytes = 0;
+  int64_t buckets_sent_during_backward = 0;
+  int64_t buckets_sent_after_backward = 0;
 };
 
 class DataParallel {
@@ -68,18 +83,22 @@ class DataParallel {
   int world_size() const { return options_.world_size; }
 
   // The tensors kept identical on every rank: parameters (whose gradients are
-  // reduced) and buffers (e.g. running statistics, only broadcast).
+  // reduced) and buffers (e.g. running statistics, only broadcast). Installs
+  // the gradient hooks (removed again by the next Attach or the destructor).
   void Attach(std::vector<at::Tensor> parameters, std::vector<at::Tensor> buffers = {});
   // Copies rank 0's parameters and buffers to every rank.
   absl::Status BroadcastFromRankZero();
-  // This rank holds `local` of the step's `global` examples; its gradient
-  // counts with weight local / global (equal shares: a plain average).
+  // Before the step's backward: this rank holds `local` of the step's
+  // `global` examples; its gradient counts with weight local / global (equal
+  // shares: a plain average). Arms the hooks for the step.
   void BeginStep(int64_t local, int64_t global);
-  // Sums the weighted gradients of the attached parameters over the ranks, in
-  // buckets launched together. A parameter without a gradient counts as zero.
+  // After backward: sums the weighted gradients of the attached parameters
+  // over the ranks (the buckets backward has not sent yet, then waits for
+  // all). A parameter without a gradient counts as zero.
   absl::Status AllReduceGradients();
-  // The same for `parameters` alone (a trainer that steps its optimisers one
-  // after another reduces each one's parameters before its step).
+  // The same for `parameters` alone: a part of the attached ones (a trainer
+  // that steps its optimisers one after another reduces each one's part
+  // before its step), or all of them in any order.
   absl::Status AllReduceGradients(const std::vector<at::Tensor>& parameters);
   // Sums `values` element-wise over the ranks (metrics, counts).
   absl::StatusOr<std::vector<double>> AllReduceSum(std::vector<double> values);
@@ -88,10 +107,18 @@ class DataParallel {
 
  private:
   struct Group;
+  struct Overlap;
   DataParallel(DataParallelOptions options, std::unique_ptr<Group> group);
+  // Reduces `parameters` after backward, in buckets launched together.
+  absl::Status AllReduceAfterBackward(const std::vector<at::Tensor>& parameters);
+  // Starts the all-reduce of overlap bucket `b` of this step's gradients.
+  void SendBucket(size_t b, bool during_backward);
+  // Waits for every bucket in flight; disarms the step's hooks.
+  void Drain();
 
   DataParallelOptions options_;
   std::unique_ptr<Group> group_;
+  std::unique_ptr<Overlap> overlap_;
   std::vector<at::Tensor> parameters_;
   std::vector<at::Tensor> buffers_;
   double step_weight_ = 1.0;

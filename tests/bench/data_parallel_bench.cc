@@ -51,9 +51,10 @@ int FreePort() {
   return ntohs(address.sin_port);
 }
 
-// One rank: timed steps after a warm-up; writes "seconds allreduce_seconds" to `out`.
-int RunRank(int rank, int world, const std::string& store, int steps, int64_t batch, int64_t width,
-            const std::string& out) {
+// One rank: timed steps after a warm-up; writes "seconds allreduce_seconds
+// buckets_sent_during_backward" to `out`.
+int RunRank(int rank, int world, bool overlap, const std::string& store, int steps, int64_t batch,
+            int64_t width, const std::string& out) {
   torch::set_num_threads(1);
   std::unique_ptr<offsite::DataParallel> dp;
   if (world > 1) {
@@ -62,6 +63,7 @@ int RunRank(int rank, int world, const std::string& store, int steps, int64_t ba
     options.world_size = world;
     options.store_address = store;
     options.prefix = "bench";
+    options.overlap_with_backward = overlap;
     absl::StatusOr<std::unique_ptr<offsite::DataParallel>> connected =
         offsite::DataParallel::Connect(options);
     if (!connected.ok()) {
@@ -97,16 +99,18 @@ int RunRank(int rank, int world, const std::string& store, int steps, int64_t ba
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   std::ofstream(out) << seconds << " "
-                     << (dp ? dp->stats().allreduce_seconds - allreduce_before : 0) << "\n";
+                     << (dp ? dp->stats().allreduce_seconds - allreduce_before : 0) << " "
+                     << (dp ? dp->stats().buckets_sent_during_backward : 0) << "\n";
   return 0;
 }
 
 struct RunResult {
-  double seconds = 0;            // slowest rank
-  double allreduce_seconds = 0;  // rank 0
+  double seconds = 0;                   // slowest rank
+  double allreduce_seconds = 0;         // rank 0: time waiting in AllReduceGradients
+  int64_t buckets_during_backward = 0;  // rank 0
 };
 
-RunResult RunWorld(int world, int steps, int64_t batch, int64_t width) {
+RunResult RunWorld(int world, bool overlap, int steps, int64_t batch, int64_t width) {
   const std::string store = "127.0.0.1:" + std::to_string(FreePort());
   std::vector<pid_t> pids;
   std::vector<std::string> outs;
@@ -118,6 +122,8 @@ RunResult RunWorld(int world, int steps, int64_t batch, int64_t width) {
                                      std::to_string(rank),
                                      "--world",
                                      std::to_string(world),
+                                     "--overlap",
+                                     overlap ? "1" : "0",
                                      "--store",
                                      store,
                                      "--steps",
@@ -147,10 +153,14 @@ RunResult RunWorld(int world, int steps, int64_t batch, int64_t width) {
       std::exit(1);
     }
     double seconds = 0, allreduce = 0;
-    std::ifstream(outs[rank]) >> seconds >> allreduce;
+    int64_t during = 0;
+    std::ifstream(outs[rank]) >> seconds >> allreduce >> during;
     std::remove(outs[rank].c_str());
     result.seconds = std::max(result.seconds, seconds);
-    if (rank == 0) result.allreduce_seconds = allreduce;
+    if (rank == 0) {
+      result.allreduce_seconds = allreduce;
+      result.buckets_during_backward = during;
+    }
   }
   return result;
 }
@@ -167,7 +177,7 @@ int main(int argc, char** argv) {
   const int64_t width = get("--width", 1024);
   if (args.count("--rank")) {
     return RunRank(static_cast<int>(get("--rank", 0)), static_cast<int>(get("--world", 1)),
-                   args["--store"], steps, batch, width, args["--out"]);
+                   get("--overlap", 1) != 0, args["--store"], steps, batch, width, args["--out"]);
   }
   const double params = 784.0 * width + width + width * width + width + width * 10 + 10;
   std::printf(
@@ -176,17 +186,24 @@ int main(int argc, char** argv) {
       "%ld CPU cores online\n",
       static_cast<long long>(width), static_cast<long long>(width), params / 1e6, params * 4 / 1e6,
       static_cast<long long>(batch), steps, ::sysconf(_SC_NPROCESSORS_ONLN));
-  const RunResult one = RunWorld(1, steps, batch, width);
-  const RunResult two = RunWorld(2, steps, batch, width);
-  const double one_rate = steps * batch / one.seconds, two_rate = steps * batch / two.seconds;
-  std::printf("1 process : %8.1f examples/s  (%.1f ms/step)\n", one_rate,
-              1000 * one.seconds / steps);
-  std::printf(
-      "2 processes: %8.1f examples/s  (%.1f ms/step), all-reduce %.1f ms/step (%.0f%% of "
-      "the step)\n",
-      two_rate, 1000 * two.seconds / steps, 1000 * two.allreduce_seconds / steps,
-      100 * two.allreduce_seconds / two.seconds);
-  std::printf("throughput ratio 2 vs 1 process: %.2fx; all-reduce / step time: %.2f\n",
-              two_rate / one_rate, two.allreduce_seconds / two.seconds);
+  const RunResult one = RunWorld(1, true, steps, batch, width);
+  const RunResult after = RunWorld(2, false, steps, batch, width);
+  const RunResult overlapped = RunWorld(2, true, steps, batch, width);
+  const double one_rate = steps * batch / one.seconds;
+  std::printf("1 process: %.1f examples/s (%.1f ms/step)\n", one_rate, 1000 * one.seconds / steps);
+  const std::pair<const char*, RunResult> runs[] = {
+      {"2 processes, all-reduce after backward", after},
+      {"2 processes, overlapped with backward", overlapped}};
+  for (const auto& [name, run] : runs) {
+    const double rate = steps * batch / run.seconds;
+    std::printf(
+        "%s: %.1f examples/s (%.1f ms/step, %.2fx 1 process), waiting for the all-reduce "
+        "%.1f ms/step (%.0f%% of the step), buckets sent during backward: %lld\n",
+        name, rate, 1000 * run.seconds / steps, rate / one_rate,
+        1000 * run.allreduce_seconds / steps, 100 * run.allreduce_seconds / run.seconds,
+        static_cast<long long>(run.buckets_during_backward));
+  }
+  std::printf("overlapped vs after backward: %.2fx throughput\n",
+              after.seconds / overlapped.seconds);
   return 0;
 }

@@ -23,8 +23,10 @@ constexpr int64_t kGlobalBatch = 8;
 constexpr int kSteps = 6;
 
 // The same small classifier and data on every rank; the initial weights
-// differ per rank (seed), so only the broadcast makes them agree.
-std::vector<torch::Tensor> Train(int seed, DataParallel* dp) {
+// differ per rank (seed), so only the broadcast makes them agree. `in_parts`:
+// the gradients are synced one layer at a time, as a trainer with one
+// optimiser per layer does.
+std::vector<torch::Tensor> Train(int seed, DataParallel* dp, bool in_parts = false) {
   torch::Generator data_generator = at::detail::createCPUGenerator(7);
   torch::Tensor x = torch::randn({kGlobalBatch * kSteps, 6}, data_generator);
   torch::Tensor y = torch::randint(0, 3, {kGlobalBatch * kSteps}, data_generator);
@@ -48,7 +50,13 @@ std::vector<torch::Tensor> Train(int seed, DataParallel* dp) {
     torch::Tensor loss = torch::nn::functional::cross_entropy(
         model->forward(x.slice(0, begin, end)), y.slice(0, begin, end));
     loss.backward();
-    if (dp != nullptr) EXPECT_TRUE(dp->AllReduceGradients().ok());
+    if (dp != nullptr && in_parts) {
+      for (const auto& layer : model->children()) {
+        EXPECT_TRUE(dp->AllReduceGradients(layer->parameters()).ok());
+      }
+    } else if (dp != nullptr) {
+      EXPECT_TRUE(dp->AllReduceGradients().ok());
+    }
     optimizer.step();
   }
   std::vector<torch::Tensor> weights;
@@ -81,8 +89,10 @@ TEST(DataParallelChild, TrainAsOneRank) {
   const char* rank = std::getenv("OFFSITE_DP_RANK");
   const char* address = std::getenv("OFFSITE_DP_STORE");
   const char* out = std::getenv("OFFSITE_DP_OUT");
-  if (rank == nullptr || address == nullptr || out == nullptr)
+  const char* mode = std::getenv("OFFSITE_DP_MODE");
+  if (rank == nullptr || address == nullptr || out == nullptr || mode == nullptr)
     GTEST_SKIP() << "helper process only";
+  const bool in_parts = std::string(mode) == "parts";
   torch::set_num_threads(1);
   DataParallelOptions options;
   ASSERT_TRUE(absl::SimpleAtoi(rank, &options.rank));
@@ -90,15 +100,31 @@ TEST(DataParallelChild, TrainAsOneRank) {
   options.store_address = address;
   options.prefix = "test/1";
   options.timeout = std::chrono::seconds(30);
+  // Buckets of one or two tensors, so backward sends some before it ends.
+  options.first_bucket_bytes = 64;
+  options.bucket_bytes = 512;
   absl::StatusOr<std::unique_ptr<DataParallel>> dp = DataParallel::Connect(options);
   ASSERT_TRUE(dp.ok()) << dp.status();
-  std::vector<torch::Tensor> weights = Train(100 + options.rank, dp->get());
-  EXPECT_EQ((*dp)->stats().allreduce_calls, kSteps);
+  std::vector<torch::Tensor> weights = Train(100 + options.rank, dp->get(), in_parts);
+  const DataParallelStats& stats = (*dp)->stats();
+  if (in_parts) {
+    EXPECT_EQ(stats.allreduce_calls, 3 * kSteps);  // three layers, the Tanh without parameters
+  } else {
+    EXPECT_EQ(stats.allreduce_calls, kSteps);
+    // The last layer's buckets leave while backward is still in the first.
+    EXPECT_GE(stats.buckets_sent_during_backward, 2 * kSteps);
+  }
   torch::save(weights, out);
 }
 
-TEST(DataParallelTest, TwoProcessesReachTheWeightsOfOneProcessWithTheGlobalBatch) {
+class DataParallelModeTest : public ::testing::TestWithParam<const char*> {};
+
+INSTANTIATE_TEST_SUITE_P(Sync, DataParallelModeTest, ::testing::Values("whole", "parts"));
+
+// "whole": one sync per step, overlapped with backward; "parts": one per layer.
+TEST_P(DataParallelModeTest, TwoProcessesReachTheWeightsOfOneProcessWithTheGlobalBatch) {
   testutil::TempDir tmp;
+  ::setenv("OFFSITE_DP_MODE", GetParam(), 1);
   const std::string address = absl::StrCat("127.0.0.1:", testutil::FreeLoopbackPort());
   std::vector<std::unique_ptr<testutil::ChildProcess>> ranks;
   for (int rank = 0; rank < 2; ++rank) {
@@ -115,6 +141,7 @@ TEST(DataParallelTest, TwoProcessesReachTheWeightsOfOneProcessWithTheGlobalBatch
   ::unsetenv("OFFSITE_DP_RANK");
   ::unsetenv("OFFSITE_DP_STORE");
   ::unsetenv("OFFSITE_DP_OUT");
+  ::unsetenv("OFFSITE_DP_MODE");
   for (auto& rank : ranks) {
     absl::StatusOr<int> code = rank->Wait(std::chrono::seconds(60));
     ASSERT_TRUE(code.ok()) << code.status();
