@@ -97,10 +97,9 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
   loop.device = device;
   OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel, ConnectDataParallel(ctx));
   loop.data_parallel = data_parallel.get();
-  loop.parameters = fcmae->parameters();
-  loop.buffers = fcmae->buffers();
   const GradientSync sync = GradientSyncOf(data_parallel.get());
   TrainingLoopHooks hooks;
+  TrainModule(*fcmae, *optimizer, loop, hooks);
   hooks.step = [&](const torch::Tensor& batch, int64_t global_step) -> absl::Status {
     fcmae->train();
     SetLearningRate(*optimizer,
@@ -131,12 +130,6 @@ absl::Status FcmaeJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
     loss_sum = 0;
     loss_count = 0;
     return absl::OkStatus();
-  };
-  hooks.save = [&](torch::serialize::OutputArchive& archive) {
-    WriteTrainingState(archive, *fcmae, *optimizer);
-  };
-  hooks.load = [&](torch::serialize::InputArchive& archive) {
-    ReadTrainingState(archive, *fcmae, *optimizer);
   };
   OFFSITE_RETURN_IF_ERROR(RunTrainingLoop(loop, hooks, ctx));
 

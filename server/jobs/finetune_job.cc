@@ -138,10 +138,9 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   loop.device = device;
   OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel, ConnectDataParallel(ctx));
   loop.data_parallel = data_parallel.get();
-  loop.parameters = model->parameters();
-  loop.buffers = model->buffers();
   const GradientSync sync = GradientSyncOf(data_parallel.get());
   TrainingLoopHooks hooks;
+  TrainModule(*model, *optimizer, loop, hooks);  // save / load replaced below: they keep `best` too
   hooks.step = [&](const torch::Tensor& batch, int64_t global_step) -> absl::Status {
     model->train();
     SetLearningRate(*optimizer,

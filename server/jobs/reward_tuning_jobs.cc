@@ -568,10 +568,9 @@ absl::Status DetectionMleJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) 
   loop.device = device;
   OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel, ConnectDataParallel(ctx));
   loop.data_parallel = data_parallel.get();
-  loop.parameters = model->parameters();
-  loop.buffers = model->buffers();
   const GradientSync sync = GradientSyncOf(data_parallel.get());
   TrainingLoopHooks hooks;
+  TrainModule(*model, *optimizer, loop, hooks);
   hooks.step = [&](const torch::Tensor& batch, int64_t global_step) -> absl::Status {
     SetLearningRate(*optimizer,
                     WarmupCosine(global_step, warmup_steps, total_steps, spec.learning_rate()));
@@ -593,12 +592,6 @@ absl::Status DetectionMleJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) 
     loss_sum = 0;
     loss_count = 0;
     return absl::OkStatus();
-  };
-  hooks.save = [&](torch::serialize::OutputArchive& archive) {
-    WriteTrainingState(archive, *model, *optimizer);
-  };
-  hooks.load = [&](torch::serialize::InputArchive& archive) {
-    ReadTrainingState(archive, *model, *optimizer);
   };
   OFFSITE_RETURN_IF_ERROR(RunTrainingLoop(loop, hooks, ctx));
 

@@ -29,6 +29,18 @@ void ReadTrainingState(torch::serialize::InputArchive& archive, torch::nn::Modul
   optimizer.load(optimizer_archive);
 }
 
+void TrainModule(torch::nn::Module& module, torch::optim::Optimizer& optimizer,
+                 TrainingLoopOptions& options, TrainingLoopHooks& hooks) {
+  options.parameters = module.parameters();
+  options.buffers = module.buffers();
+  hooks.save = [&module, &optimizer](torch::serialize::OutputArchive& archive) {
+    WriteTrainingState(archive, module, optimizer);
+  };
+  hooks.load = [&module, &optimizer](torch::serialize::InputArchive& archive) {
+    ReadTrainingState(archive, module, optimizer);
+  };
+}
+
 absl::StatusOr<std::unique_ptr<DataParallel>> ConnectDataParallel(JobContext& ctx) {
   const DataParallelRendezvous* rendezvous = ctx.data_parallel();
   if (rendezvous == nullptr || rendezvous->world_size <= 1) return nullptr;

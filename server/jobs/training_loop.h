@@ -75,6 +75,12 @@ void WriteTrainingState(torch::serialize::OutputArchive& archive, torch::nn::Mod
 void ReadTrainingState(torch::serialize::InputArchive& archive, torch::nn::Module& module,
                        torch::optim::Optimizer& optimizer);
 
+// The common case of one module and one optimiser: the loop's data-parallel
+// tensors are `module`'s, and hooks.save / load write and read both states
+// (WriteTrainingState). Both must outlive the loop.
+void TrainModule(torch::nn::Module& module, torch::optim::Optimizer& optimizer,
+                 TrainingLoopOptions& options, TrainingLoopHooks& hooks);
+
 absl::Status RunTrainingLoop(const TrainingLoopOptions& options, const TrainingLoopHooks& hooks,
                              JobContext& ctx);
 
