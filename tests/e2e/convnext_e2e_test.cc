@@ -10,27 +10,16 @@
 #include "offsite/v1/artifact.grpc.pb.h"
 #include "offsite/v1/job.grpc.pb.h"
 #include "tests/util/job_helpers.h"
-#include "tests/util/server_process.h"
+#include "tests/util/server_test.h"
 
 namespace offsite {
 namespace {
 
 using std::chrono::seconds;
 using testutil::IsFinished;
-using testutil::ServerOptions;
-using testutil::ServerProcess;
-using testutil::TempDir;
+using ConvNextE2eTest = testutil::FashionMnistServerTest;
 
-TEST(ConvNextE2eTest, FcmaeEncoderFineTunesThroughTheJobApi) {
-  if (!testutil::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
-  TempDir tmp;
-  ServerOptions options;
-  options.data_dir = tmp.File("data");
-  auto server = ServerProcess::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto jobs = v1::JobService::NewStub((*server)->Channel("owner"));
-  auto artifacts = v1::ArtifactService::NewStub((*server)->Channel("owner"));
-
+TEST_F(ConvNextE2eTest, FcmaeEncoderFineTunesThroughTheJobApi) {
   // A small encoder so the test stays quick: 2 stages, 16-32 channels.
   v1::JobSpec pretrain;
   v1::FcmaeSpec* fcmae = pretrain.mutable_fcmae();
@@ -44,9 +33,9 @@ TEST(ConvNextE2eTest, FcmaeEncoderFineTunesThroughTheJobApi) {
   fcmae->set_batch_size(64);
   fcmae->set_learning_rate(2e-3);
   fcmae->set_decoder_dim(32);
-  auto submitted = testutil::SubmitJob(*jobs, pretrain);
+  auto submitted = testutil::SubmitJob(*jobs_, pretrain);
   ASSERT_TRUE(submitted.ok()) << submitted.status();
-  auto done = testutil::WaitForJob(*jobs, submitted->id(), IsFinished, seconds(300));
+  auto done = testutil::WaitForJob(*jobs_, submitted->id(), IsFinished, seconds(300));
   ASSERT_TRUE(done.ok()) << done.status();
   ASSERT_EQ(done->state(), v1::SUCCEEDED) << done->error();
   EXPECT_GT(done->metrics().at("loss"), 0);
@@ -54,8 +43,8 @@ TEST(ConvNextE2eTest, FcmaeEncoderFineTunesThroughTheJobApi) {
   ASSERT_EQ(done->artifact_ids_size(), 2);  // encoder, reconstruction grid
 
   // The reconstruction grid is a real PNG a person can open.
-  const std::string png = tmp.File("reconstructions.png");
-  auto grid = DownloadArtifact(*artifacts, done->artifact_ids(1), png);
+  const std::string png = tmp_.File("reconstructions.png");
+  auto grid = DownloadArtifact(*artifacts_, done->artifact_ids(1), png);
   ASSERT_TRUE(grid.ok()) << grid.status();
   EXPECT_EQ(grid->name(), "reconstructions.png");
   EXPECT_EQ(ReadFile(png).value().substr(1, 3), "PNG");
@@ -69,25 +58,25 @@ TEST(ConvNextE2eTest, FcmaeEncoderFineTunesThroughTheJobApi) {
   ft->mutable_data()->set_test_subset(500);
   ft->set_epochs(3);
   ft->set_batch_size(50);
-  auto tuned_job = testutil::SubmitJob(*jobs, finetune);
+  auto tuned_job = testutil::SubmitJob(*jobs_, finetune);
   ASSERT_TRUE(tuned_job.ok()) << tuned_job.status();
-  auto tuned = testutil::WaitForJob(*jobs, tuned_job->id(), IsFinished, seconds(300));
+  auto tuned = testutil::WaitForJob(*jobs_, tuned_job->id(), IsFinished, seconds(300));
   ASSERT_TRUE(tuned.ok()) << tuned.status();
   ASSERT_EQ(tuned->state(), v1::SUCCEEDED) << tuned->error();
   EXPECT_GT(tuned->metrics().at("test_accuracy"), 0.2);  // chance is 0.1
-  EXPECT_EQ(tuned->artifact_ids_size(), 2);  // classifier checkpoint, model.safetensors
+  EXPECT_EQ(tuned->artifact_ids_size(), 2);              // classifier checkpoint, model.safetensors
 
   ft->mutable_arch()->set_dims(1, 64);
-  auto mismatched = testutil::SubmitJob(*jobs, finetune);
+  auto mismatched = testutil::SubmitJob(*jobs_, finetune);
   ASSERT_TRUE(mismatched.ok()) << mismatched.status();
-  auto failed = testutil::WaitForJob(*jobs, mismatched->id(), IsFinished, seconds(120));
+  auto failed = testutil::WaitForJob(*jobs_, mismatched->id(), IsFinished, seconds(120));
   ASSERT_TRUE(failed.ok()) << failed.status();
   EXPECT_EQ(failed->state(), v1::FAILED);
   EXPECT_NE(failed->error().find("dims"), std::string::npos) << failed->error();
 
   // An artifact id the submitter does not own is refused at submission.
   ft->set_pretrained_artifact("art-0000000000000000");
-  EXPECT_FALSE(testutil::SubmitJob(*jobs, finetune).ok());
+  EXPECT_FALSE(testutil::SubmitJob(*jobs_, finetune).ok());
 }
 
 }  // namespace

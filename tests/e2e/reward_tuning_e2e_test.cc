@@ -9,32 +9,22 @@
 #include "gtest/gtest.h"
 #include "offsite/v1/job.grpc.pb.h"
 #include "tests/util/job_helpers.h"
-#include "tests/util/server_process.h"
+#include "tests/util/server_test.h"
 
 namespace offsite {
 namespace {
 
 using std::chrono::seconds;
 using testutil::IsFinished;
-using testutil::ServerOptions;
-using testutil::ServerProcess;
-using testutil::TempDir;
+using RewardTuningE2eTest = testutil::FashionMnistServerTest;
 
-TEST(RewardTuningE2eTest, DetectionMleThenRewardTuningFromItsDetector) {
-  if (!testutil::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
-  TempDir tmp;
-  ServerOptions options;
-  options.data_dir = tmp.File("data");
-  auto server = ServerProcess::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto jobs = v1::JobService::NewStub((*server)->Channel("owner"));
-
+TEST_F(RewardTuningE2eTest, DetectionMleThenRewardTuningFromItsDetector) {
   // A few 32 px scenes and a tiny detector, so the pair takes seconds.
   const v1::JobSpec mle_spec = testutil::TinyDetectionMleSpec();
-  auto submitted = testutil::SubmitJob(*jobs, mle_spec);
+  auto submitted = testutil::SubmitJob(*jobs_, mle_spec);
   ASSERT_TRUE(submitted.ok()) << submitted.status();
   EXPECT_EQ(submitted->kind(), "detection_mle");
-  auto trained = testutil::WaitForJob(*jobs, submitted->id(), IsFinished, seconds(120));
+  auto trained = testutil::WaitForJob(*jobs_, submitted->id(), IsFinished, seconds(120));
   ASSERT_TRUE(trained.ok()) << trained.status();
   ASSERT_EQ(trained->state(), v1::SUCCEEDED) << trained->error();
   for (const char* name :
@@ -45,10 +35,10 @@ TEST(RewardTuningE2eTest, DetectionMleThenRewardTuningFromItsDetector) {
   ASSERT_EQ(trained->artifact_ids_size(), 1);  // detector.pt
 
   v1::JobSpec tune_spec = testutil::TinyRewardTuneSpec(trained->artifact_ids(0));
-  submitted = testutil::SubmitJob(*jobs, tune_spec);
+  submitted = testutil::SubmitJob(*jobs_, tune_spec);
   ASSERT_TRUE(submitted.ok()) << submitted.status();
   EXPECT_EQ(submitted->kind(), "reward_tune");
-  auto tuned = testutil::WaitForJob(*jobs, submitted->id(), IsFinished, seconds(120));
+  auto tuned = testutil::WaitForJob(*jobs_, submitted->id(), IsFinished, seconds(120));
   ASSERT_TRUE(tuned.ok()) << tuned.status();
   ASSERT_EQ(tuned->state(), v1::SUCCEEDED) << tuned->error();
   for (const char* name : {"sampled_reward", "greedy_reward", "entropy", "output_length",
@@ -60,7 +50,7 @@ TEST(RewardTuningE2eTest, DetectionMleThenRewardTuningFromItsDetector) {
 
   // The stream carried the figures as they came: the starting model's, and
   // training figures before the end.
-  auto events = testutil::JobEvents(*jobs, submitted->id());
+  auto events = testutil::JobEvents(*jobs_, submitted->id());
   ASSERT_TRUE(events.ok()) << events.status();
   int with_sampled_reward = 0;
   for (const v1::JobEvent& event : *events) {
@@ -70,7 +60,7 @@ TEST(RewardTuningE2eTest, DetectionMleThenRewardTuningFromItsDetector) {
 
   // A bad spec is refused at submission, naming the field.
   tune_spec.mutable_reward_tune()->set_samples_per_input(1);
-  auto refused = testutil::SubmitJob(*jobs, tune_spec);
+  auto refused = testutil::SubmitJob(*jobs_, tune_spec);
   ASSERT_FALSE(refused.ok());
   EXPECT_NE(refused.status().message().find("samples_per_input"), std::string::npos);
 }
