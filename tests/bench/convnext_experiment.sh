@@ -21,6 +21,7 @@ SEEDS=${SEEDS:-"1 2"}
 TEST_IMAGES=${TEST_IMAGES:-10000}
 FULL_LABELS=${FULL_LABELS:-0}
 WORK=${WORK:-$(mktemp -d -t offsite-convnext.XXXXXX)}
+mkdir -p "$WORK"
 echo "work dir: $WORK (server log: $WORK/server.log)"
 
 "$SERVER" --listen 127.0.0.1:0 --port_file "$WORK/port" --data_dir "$WORK/data" \
@@ -28,6 +29,7 @@ echo "work dir: $WORK (server log: $WORK/server.log)"
 SERVER_PID=$!
 trap 'kill -TERM $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do [ -s "$WORK/port" ] && break; sleep 0.1; done
+[ -s "$WORK/port" ] || { echo "offsite-server did not start; see $WORK/server.log" >&2; exit 1; }
 export OFFSITE_SERVER="127.0.0.1:$(cat "$WORK/port")" OFFSITE_CERTS_DIR="$WORK/data/certs"
 
 # Runs one job to completion; prints its final JSON.
@@ -39,18 +41,19 @@ run() {
 field() { sed -n "s/.*\"$1\":\([0-9.e-]*\).*/\1/p"; }
 first_artifact() { sed -n 's/.*"artifact_ids":\["\([^"]*\)".*/\1/p'; }
 
-declare -A ENCODER
-for variant in grn nogrn nomask; do
-  args=(--set epochs="$PRETRAIN_EPOCHS" --set data.train_subset="$PRETRAIN_IMAGES"
+# Pretrains one encoder variant (grn, nogrn or nomask); prints its artifact id.
+pretrain() {
+  local variant=$1 json args=(--set epochs="$PRETRAIN_EPOCHS" --set data.train_subset="$PRETRAIN_IMAGES"
         --set data.test_subset=256 --set learning_rate=2e-3 --set seed=1)
   [ "$variant" = nogrn ] && args+=(--set arch.no_grn=true)
   [ "$variant" = nomask ] && args+=(--set no_masked_conv=true)
   json=$(run fcmae "${args[@]}")
-  ENCODER[$variant]=$(first_artifact <<<"$json")
-  echo "fcmae $variant: loss $(field loss <<<"$json"), encoder ${ENCODER[$variant]}"
-done
+  echo "fcmae $variant: loss $(field loss <<<"$json"), encoder $(first_artifact <<<"$json")" >&2
+  first_artifact <<<"$json"
+}
 
-# Fine-tunes every (row, seed); rows: label count, arch flags, encoder or none.
+# Fine-tunes every seed of one row: label count, encoder or none, arch flags.
+# Reports the test accuracy after the last epoch (no selection on the test set).
 results="$WORK/results.tsv"
 : >"$results"
 finetune() {
@@ -59,19 +62,24 @@ finetune() {
     args=(--set epochs="$FT_EPOCHS" --set label_subset="$labels" --set seed="$seed"
           --set data.test_subset="$TEST_IMAGES" "$@")
     [ -n "$encoder" ] && args+=(--set pretrained_artifact="$encoder")
-    acc=$(run finetune "${args[@]}" | field best_test_accuracy)
+    acc=$(run finetune "${args[@]}" | field test_accuracy)
     echo "$row	$seed	$acc" | tee -a "$results"
   done
 }
+
+# The headline comparison first, so a stopped run still has it.
+encoder=$(pretrain grn)
 finetune "scratch, GRN, $LABELS labels" "$LABELS" ""
-finetune "FCMAE, GRN, $LABELS labels" "$LABELS" "${ENCODER[grn]}"
-finetune "scratch, no GRN, $LABELS labels" "$LABELS" "" --set arch.no_grn=true
-finetune "FCMAE, no GRN, $LABELS labels" "$LABELS" "${ENCODER[nogrn]}" --set arch.no_grn=true
-finetune "FCMAE without masked conv, $LABELS labels" "$LABELS" "${ENCODER[nomask]}"
+finetune "FCMAE, GRN, $LABELS labels" "$LABELS" "$encoder"
 if [ "$FULL_LABELS" = 1 ]; then
   finetune "scratch, GRN, all labels" 0 ""
-  finetune "FCMAE, GRN, all labels" 0 "${ENCODER[grn]}"
+  finetune "FCMAE, GRN, all labels" 0 "$encoder"
 fi
+encoder=$(pretrain nogrn)
+finetune "scratch, no GRN, $LABELS labels" "$LABELS" "" --set arch.no_grn=true
+finetune "FCMAE, no GRN, $LABELS labels" "$LABELS" "$encoder" --set arch.no_grn=true
+encoder=$(pretrain nomask)
+finetune "FCMAE without masked conv, $LABELS labels" "$LABELS" "$encoder"
 
 echo
 echo "| setting | top-1 (mean ± spread over seeds $SEEDS) | per seed |"
