@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "offsite/v1/artifact.pb.h"
 #include "offsite/v1/job.pb.h"
+#include "offsite/v1/worker.pb.h"
 
 namespace offsite {
 
@@ -66,6 +67,10 @@ class JobContext {
   // Set when the job runs data-parallel on several workers; nullptr for one
   // process. Only rank 0's reports, artifacts and checkpoints are kept.
   virtual const DataParallelRendezvous* data_parallel() const { return nullptr; }
+
+  // What the server resolved for this run with JobRunner::ResolveInputs.
+  // ArtifactPath opens the artifacts it names.
+  virtual const v1::JobInputs& inputs() const { return v1::JobInputs::default_instance(); }
 };
 
 class JobRunner {
@@ -79,6 +84,17 @@ class JobRunner {
   // True if the kind trains data-parallel when a job asks for several
   // workers (JobSpec.resources.workers > 1); others are refused such a job.
   virtual bool SupportsDataParallel() const { return false; }
+
+  // The two server-side halves of a job that reads or writes the server's
+  // records, so that Run itself can go to a remote worker:
+  // - before each run (in process or leased), the records Run reads
+  //   (JobContext::inputs); an error fails the job;
+  // - after Run succeeded and its artifacts are in, the records the job
+  //   leaves beyond artifacts; an error fails the job.
+  virtual absl::StatusOr<v1::JobInputs> ResolveInputs(const v1::Job& job) const {
+    return v1::JobInputs();
+  }
+  virtual absl::Status RecordOutputs(const v1::Job& job) const { return absl::OkStatus(); }
 };
 
 // One runner per job kind (the JobSpec oneof case).

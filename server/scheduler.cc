@@ -35,9 +35,11 @@ std::string ExceptionMessage(const std::exception& e) {
 
 class Scheduler::Context : public JobContext {
  public:
-  Context(Scheduler* scheduler, v1::Job job, std::shared_ptr<std::atomic<bool>> cancel)
+  Context(Scheduler* scheduler, v1::Job job, v1::JobInputs inputs,
+          std::shared_ptr<std::atomic<bool>> cancel)
       : scheduler_(scheduler),
         job_(std::move(job)),
+        inputs_(std::move(inputs)),
         cancel_(std::move(cancel)),
         work_dir_(scheduler->WorkDir(job_.id())),
         last_checkpoint_(Clock::now()) {}
@@ -114,13 +116,14 @@ class Scheduler::Context : public JobContext {
 
   absl::StatusOr<std::string> ArtifactPath(const std::string& artifact_id) override {
     OFFSITE_ASSIGN_OR_RETURN(v1::Artifact artifact, scheduler_->artifacts_->Get(artifact_id));
-    if (artifact.owner() != job_.owner()) {
+    if (artifact.owner() != job_.owner() && artifact_id != inputs_.model().artifact_id()) {
       return absl::NotFoundError(absl::StrCat("artifact ", artifact_id, " not found"));
     }
     return scheduler_->artifacts_->BlobPath(artifact.sha256());
   }
 
   const std::string& device() const override { return scheduler_->options_.device; }
+  const v1::JobInputs& inputs() const override { return inputs_; }
 
  private:
   // Progress reporting must never fail a job: a store error is logged and dropped.
@@ -136,6 +139,7 @@ class Scheduler::Context : public JobContext {
 
   Scheduler* scheduler_;
   v1::Job job_;
+  v1::JobInputs inputs_;
   std::shared_ptr<std::atomic<bool>> cancel_;
   std::string work_dir_;
   Clock::time_point last_progress_;
@@ -258,10 +262,19 @@ void Scheduler::RunJob(v1::Job job) {
     outcome = absl::UnimplementedError(
         absl::StrCat("this server has no runner for job kind \"", job.kind(), "\""));
   } else {
-    Context context(this, job, cancel);
     try {
-      outcome = MakeDirs(context.work_dir(), 0700);
-      if (outcome.ok()) outcome = runner->second->Run(job.spec(), context);
+      absl::StatusOr<v1::JobInputs> inputs = runner->second->ResolveInputs(job);
+      if (inputs.ok()) {
+        Context context(this, job, *std::move(inputs), cancel);
+        outcome = MakeDirs(context.work_dir(), 0700);
+        if (outcome.ok()) outcome = runner->second->Run(job.spec(), context);
+        if (outcome.ok()) {
+          absl::StatusOr<v1::Job> done = jobs_->Get(id);  // with the artifacts Run added
+          outcome = done.ok() ? runner->second->RecordOutputs(*done) : done.status();
+        }
+      } else {
+        outcome = inputs.status();
+      }
     } catch (const std::exception& e) {
       outcome = absl::InternalError(absl::StrCat("job raised an exception: ", ExceptionMessage(e)));
     } catch (...) {

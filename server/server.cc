@@ -151,7 +151,8 @@ absl::StatusOr<std::unique_ptr<OffsiteServer>> OffsiteServer::Start(
   worker_options.lease_timeout_ms = int64_t{config.lease_timeout_s()} * 1000;
   worker_options.checkpoint_interval_s = config.checkpoint_interval_s();
   state->worker_manager = std::make_unique<WorkerManager>(
-      state->jobs.get(), state->leases.get(), state->artifacts.get(), &state->bus, worker_options);
+      state->jobs.get(), state->leases.get(), state->artifacts.get(), &state->runners, &state->bus,
+      worker_options);
   WorkerManager* worker_manager = state->worker_manager.get();
 
   SchedulerOptions scheduler_options;

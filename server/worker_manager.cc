@@ -81,10 +81,12 @@ bool IsCheckpointFileName(const std::string& name) {
 }
 
 WorkerManager::WorkerManager(JobStore* jobs, LeaseStore* leases, ArtifactStore* artifacts,
-                             EventBus* bus, WorkerManagerOptions options)
+                             const RunnerRegistry* runners, EventBus* bus,
+                             WorkerManagerOptions options)
     : jobs_(jobs),
       leases_(leases),
       artifacts_(artifacts),
+      runners_(runners),
       bus_(bus),
       options_(std::move(options)) {}
 
@@ -131,6 +133,31 @@ absl::StatusOr<LeaseRecord> WorkerManager::LiveLease(const Caller& caller,
   OFFSITE_RETURN_IF_ERROR(RequireWorker(caller));
   if (lease_id.empty()) return absl::InvalidArgumentError("lease_id: empty");
   return leases_->GetLive(lease_id, caller.principal, options_.now_ms());
+}
+
+absl::StatusOr<v1::JobInputs> WorkerManager::ResolveInputs(const v1::Job& job) const {
+  auto runner = runners_->find(job.spec().kind_case());
+  if (runner == runners_->end()) {
+    return absl::UnimplementedError(
+        absl::StrCat("this server has no runner for job kind \"", job.kind(), "\""));
+  }
+  return runner->second->ResolveInputs(job);
+}
+
+absl::StatusOr<std::optional<v1::LeaseResponse>> WorkerManager::Respond(const LeaseRecord& lease,
+                                                                       v1::Job job) {
+  absl::StatusOr<v1::JobInputs> inputs = ResolveInputs(job);
+  if (!inputs.ok()) {
+    // The job cannot run anywhere (e.g. its model is gone): end it, lease on.
+    v1::JobState state = v1::FAILED;
+    std::string message = inputs.status().ToString();
+    OFFSITE_RETURN_IF_ERROR(EndJob(lease.job_id, state, message));
+    return std::nullopt;
+  }
+  v1::LeaseResponse response;
+  *response.mutable_inputs() = *std::move(inputs);
+  OFFSITE_RETURN_IF_ERROR(FillResponse(lease, std::move(job), &response));
+  return response;
 }
 
 absl::Status WorkerManager::FillResponse(const LeaseRecord& lease, v1::Job job,
@@ -215,9 +242,7 @@ absl::StatusOr<std::optional<v1::LeaseResponse>> WorkerManager::TryJoin(
     }
     bus_->Publish();
     OFFSITE_ASSIGN_OR_RETURN(v1::Job job, jobs_->Get(id));
-    v1::LeaseResponse response;
-    OFFSITE_RETURN_IF_ERROR(FillResponse(*joined, std::move(job), &response));
-    return response;
+    return Respond(*joined, std::move(job));
   }
   return std::nullopt;
 }
@@ -249,9 +274,10 @@ absl::StatusOr<std::optional<v1::LeaseResponse>> WorkerManager::TryLease(
           }));
   if (!claimed) return std::nullopt;
   bus_->Publish();
-  v1::LeaseResponse response;
-  OFFSITE_RETURN_IF_ERROR(FillResponse(lease, std::move(*claimed), &response));
-  return response;
+  OFFSITE_ASSIGN_OR_RETURN(std::optional<v1::LeaseResponse> response,
+                           Respond(lease, std::move(*claimed)));
+  if (response) return response;
+  return TryLease(caller, caps);  // that job could not run and has ended: the next one
 }
 
 absl::StatusOr<v1::LeaseResponse> WorkerManager::Lease(const Caller& caller,
@@ -422,6 +448,13 @@ absl::StatusOr<v1::CompleteResponse> WorkerManager::Complete(const Caller& calle
     }
   } else if (code == absl::StatusCode::kOk) {
     state = v1::SUCCEEDED;
+    // The job's records beyond artifacts (an emulator's package), made here
+    // because the worker has no access to the server's registries.
+    absl::Status recorded = RecordOutputs(lease.job_id);
+    if (!recorded.ok()) {
+      state = v1::FAILED;
+      message = recorded.ToString();
+    }
   } else if (code == absl::StatusCode::kCancelled) {
     state = v1::CANCELLED;
     message = "cancelled";
@@ -430,29 +463,38 @@ absl::StatusOr<v1::CompleteResponse> WorkerManager::Complete(const Caller& calle
     message = absl::Status(code, request.message().substr(0, 4000)).ToString();
     if (lease.world_size > 1) message = absl::StrCat(where, ": ", message);
   }
-  OFFSITE_RETURN_IF_ERROR(jobs_
-                              ->UpdateWith(
-                                  lease.job_id,
-                                  [&](v1::Job& job, v1::JobEvent& event) {
-                                    // A requeue of a job with a pending cancel ends it instead.
-                                    if (state == v1::QUEUED && job.cancel_requested()) {
-                                      state = v1::CANCELLED;
-                                      message = "cancelled";
-                                    }
-                                    job.set_state(state);
-                                    if (IsTerminal(state)) job.set_end_time_ms(NowMs());
-                                    if (state == v1::FAILED || state == v1::CANCELLED)
-                                      job.set_error(message);
-                                    event = StateEvent(state, message);
-                                    return absl::OkStatus();
-                                  },
-                                  [&](Database& db, const v1::Job& job) {
-                                    return LeaseStore::DeleteForJobLocked(db, job.id());
-                                  })
-                              .status());
-  bus_->Publish();
+  OFFSITE_RETURN_IF_ERROR(EndJob(lease.job_id, state, message));
   response.set_state(state);
   return response;
+}
+
+absl::Status WorkerManager::RecordOutputs(const std::string& job_id) {
+  OFFSITE_ASSIGN_OR_RETURN(v1::Job job, jobs_->Get(job_id));
+  auto runner = runners_->find(job.spec().kind_case());
+  if (runner == runners_->end()) return absl::OkStatus();
+  return runner->second->RecordOutputs(job);
+}
+
+absl::Status WorkerManager::EndJob(const std::string& job_id, v1::JobState& state,
+                                   std::string& message) {
+  auto update = [&](v1::Job& job, v1::JobEvent& event) {
+    // A requeue of a job with a pending cancel ends it instead.
+    if (state == v1::QUEUED && job.cancel_requested()) {
+      state = v1::CANCELLED;
+      message = "cancelled";
+    }
+    job.set_state(state);
+    if (IsTerminal(state)) job.set_end_time_ms(NowMs());
+    if (state == v1::FAILED || state == v1::CANCELLED) job.set_error(message);
+    event = StateEvent(state, message);
+    return absl::OkStatus();
+  };
+  auto release = [&](Database& db, const v1::Job& job) {
+    return LeaseStore::DeleteForJobLocked(db, job.id());
+  };
+  OFFSITE_RETURN_IF_ERROR(jobs_->UpdateWith(job_id, update, release).status());
+  bus_->Publish();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int> WorkerManager::ExpireLeases() {
@@ -516,7 +558,10 @@ bool WorkerManager::MayRead(const Caller& caller, const v1::Artifact& artifact) 
   if (!held.ok()) return false;
   for (const LeaseRecord& lease : *held) {
     absl::StatusOr<v1::Job> job = jobs_->Get(lease.job_id);
-    if (job.ok() && job->owner() == artifact.owner()) return true;
+    if (!job.ok()) continue;
+    if (job->owner() == artifact.owner()) return true;
+    absl::StatusOr<v1::JobInputs> inputs = ResolveInputs(*job);
+    if (inputs.ok() && inputs->model().artifact_id() == artifact.id()) return true;
   }
   return false;
 }

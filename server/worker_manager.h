@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -30,6 +31,7 @@
 #include "server/artifact_store.h"
 #include "server/auth.h"
 #include "server/event_bus.h"
+#include "server/job_runner.h"
 #include "server/job_store.h"
 #include "server/lease_store.h"
 
@@ -54,8 +56,10 @@ struct WorkerManagerOptions {
 
 class WorkerManager {
  public:
-  WorkerManager(JobStore* jobs, LeaseStore* leases, ArtifactStore* artifacts, EventBus* bus,
-                WorkerManagerOptions options);
+  // `runners` resolve a job's inputs before it is leased and record its
+  // outputs after it succeeded (JobRunner::ResolveInputs / RecordOutputs).
+  WorkerManager(JobStore* jobs, LeaseStore* leases, ArtifactStore* artifacts,
+                const RunnerRegistry* runners, EventBus* bus, WorkerManagerOptions options);
   ~WorkerManager();
 
   // Starts the thread that takes back expired leases (every quarter timeout, at most 1 s).
@@ -85,7 +89,8 @@ class WorkerManager {
   bool IsLeased(const std::string& job_id);
 
   // Whether a worker may read `artifact` through ArtifactService: it holds a
-  // live lease on a job of the artifact's owner (the job's inputs and checkpoints).
+  // live lease on a job of the artifact's owner (the job's inputs and checkpoints)
+  // or on a job whose resolved inputs name it (an emulator job's model).
   bool MayRead(const Caller& caller, const v1::Artifact& artifact);
 
  private:
@@ -95,13 +100,22 @@ class WorkerManager {
                                                             const v1::WorkerCapabilities& caps);
   absl::StatusOr<std::optional<v1::LeaseResponse>> TryJoin(const Caller& caller,
                                                            const v1::WorkerCapabilities& caps);
+  // The lease response for a claimed or joined job; none if the job's inputs
+  // cannot be resolved, which ends the job FAILED.
+  absl::StatusOr<std::optional<v1::LeaseResponse>> Respond(const LeaseRecord& lease, v1::Job job);
   absl::Status FillResponse(const LeaseRecord& lease, v1::Job job, v1::LeaseResponse* response);
+  absl::StatusOr<v1::JobInputs> ResolveInputs(const v1::Job& job) const;
+  absl::Status RecordOutputs(const std::string& job_id);
+  // Sets the job's final (or requeued) state and drops its leases; `state`
+  // and `message` become CANCELLED if a requeued job had a cancel pending.
+  absl::Status EndJob(const std::string& job_id, v1::JobState& state, std::string& message);
   std::string WorkDir(const std::string& job_id) const;
   void SweepLoop();
 
   JobStore* jobs_;
   LeaseStore* leases_;
   ArtifactStore* artifacts_;
+  const RunnerRegistry* runners_;
   EventBus* bus_;
   WorkerManagerOptions options_;
 

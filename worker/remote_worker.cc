@@ -54,8 +54,10 @@ std::string HostName() {
 }  // namespace
 
 RunnerRegistry WorkerRunners() {
+  // No registries here: the server resolves what a job reads into the lease
+  // (JobInputs) and records what it leaves. plugin_eval reads an uploaded
+  // adapter, which stays on the server.
   RunnerRegistry runners = DefaultRunners(nullptr, nullptr);
-  runners.erase(v1::JobSpec::kEmulator);
   runners.erase(v1::JobSpec::kPluginEval);
   return runners;
 }
@@ -167,6 +169,8 @@ class RemoteWorker::Context : public JobContext {
   const DataParallelRendezvous* data_parallel() const override {
     return lease_.has_rendezvous() ? &rendezvous_ : nullptr;
   }
+
+  const v1::JobInputs& inputs() const override { return lease_.inputs(); }
 
   // --- the worker's side ---
   bool lost() const { return lost_; }

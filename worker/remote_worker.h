@@ -48,8 +48,8 @@ struct WorkerOptions {
   int checkpoint_sync_ms = 500;
 };
 
-// The server's job kinds that run on a worker: all but those that read the
-// server's own stores (emulator building and plug-in evaluation).
+// The server's job kinds that run on a worker: all but plug-in evaluation,
+// which reads a data owner's uploaded adapter.
 RunnerRegistry WorkerRunners();
 
 class RemoteWorker {

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -62,11 +63,14 @@ absl::Status Cancelled(const absl::Status& status) {
   return absl::IsCancelled(status) ? absl::CancelledError("cancelled") : status;
 }
 
+absl::StatusOr<LoadedModel> LoadModelFile(const std::string& path) {
+  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file, ReadSafetensors(path));
+  return ModelFromFile(file);
+}
+
 absl::StatusOr<LoadedModel> LoadModelArtifact(ArtifactStore& artifacts, const v1::Model& model) {
   OFFSITE_ASSIGN_OR_RETURN(v1::Artifact artifact, artifacts.Get(model.artifact_id()));
-  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file,
-                           ReadSafetensors(artifacts.BlobPath(artifact.sha256())));
-  return ModelFromFile(file);
+  return LoadModelFile(artifacts.BlobPath(artifact.sha256()));
 }
 
 int64_t Context(const v1::ModelArch& arch) { return arch.has_gpt() ? arch.gpt().n_positions() : 0; }
@@ -85,6 +89,17 @@ absl::StatusOr<std::string> WriteFile(JobContext& ctx, const std::string& name,
 }
 
 constexpr int64_t kEvalBatch = 64;
+
+constexpr char kPackageFileName[] = "package.safetensors";
+
+// The emulator job's closing report, recorded with its package: the metrics
+// named with these prefixes (the distillation's running figures are not).
+bool IsPackageMetric(const std::string& name) {
+  for (const char* prefix : {"distill_best_", "full_", "emulator_zero_shot_", "package_"}) {
+    if (absl::StartsWith(name, prefix)) return true;
+  }
+  return false;
+}
 
 }  // namespace
 
@@ -174,11 +189,16 @@ absl::Status EmulatorJob::Validate(const v1::JobSpec& job_spec) const {
 absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) const {
   const v1::EmulatorSpec& spec = job_spec.emulator();
   const torch::Device device(ctx.device());
-  absl::StatusOr<v1::Model> model = store_->GetModel(spec.model());
-  if (!model.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("emulator.model: ", model.status().message()));
+  // The registered model, resolved by the server (ResolveInputs): this runs
+  // in the server or on a remote worker alike.
+  const v1::Model& model = ctx.inputs().model();
+  if (model.name() != spec.model()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("emulator.model: the server resolved model \"", model.name(),
+                     "\" for this job, not \"", spec.model(), "\""));
   }
-  OFFSITE_ASSIGN_OR_RETURN(LoadedModel full, LoadModelArtifact(*artifacts_, *model));
+  OFFSITE_ASSIGN_OR_RETURN(std::string model_path, ctx.ArtifactPath(model.artifact_id()));
+  OFFSITE_ASSIGN_OR_RETURN(LoadedModel full, LoadModelFile(model_path));
   full.model->to(device);
   const int64_t bottom = spec.bottom() ? spec.bottom() : 2;
   const int64_t top = spec.top() ? spec.top() : 2;
@@ -207,6 +227,9 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
         distill.eval_interval() ? distill.eval_interval() : std::max(1, distill.steps() / 10);
     options.train.seed = spec.seed();
     options.train.checkpoint = JobCheckpoint(ctx, "distill");
+    OFFSITE_ASSIGN_OR_RETURN(std::unique_ptr<DataParallel> data_parallel,
+                             ConnectDataParallel(ctx));
+    options.train.data_parallel = data_parallel.get();
     const bool language = full.arch.has_gpt();
     options.task_weight = distill.task_weight() ? distill.task_weight() : (language ? 1.0 : 0.0);
     options.kd_weight = distill.kd_weight() ? distill.kd_weight() : (language ? 30.0 : 1.0);
@@ -262,26 +285,70 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   metrics["package_adapter_parameters"] = static_cast<double>(adapter_params);
   metrics["package_emulator_parameters"] = static_cast<double>(emulator_params);
   metrics["package_shared_parameters"] = static_cast<double>(shared_params);
-  metrics["full_model_parameters"] = static_cast<double>(model->parameters());
+  metrics["full_model_parameters"] = static_cast<double>(model.parameters());
+  for (const auto& [name, value] : metrics) {
+    if (!IsPackageMetric(name)) return absl::InternalError("unrecorded package metric " + name);
+  }
   ctx.ReportMetrics(distill.steps(), metrics);
-  OFFSITE_ASSIGN_OR_RETURN(std::string path, WriteFile(ctx, "package.safetensors", file));
-  OFFSITE_ASSIGN_OR_RETURN(v1::Artifact artifact, ctx.AddArtifact(path, "package.safetensors"));
+  OFFSITE_ASSIGN_OR_RETURN(std::string path, WriteFile(ctx, kPackageFileName, file));
+  OFFSITE_RETURN_IF_ERROR(ctx.AddArtifact(path, kPackageFileName).status());
+  ctx.Log(absl::StrCat("package ", options.package_id, " built: ", adapter_params,
+                       " adapter parameters, ", emulator_params, " emulator, ", shared_params,
+                       " shared (full model ", model.parameters(), ")"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::JobInputs> EmulatorJob::ResolveInputs(const v1::Job& job) const {
+  absl::StatusOr<v1::Model> model = store_->GetModel(job.spec().emulator().model());
+  if (!model.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("emulator.model: ", model.status().message()));
+  }
+  v1::JobInputs inputs;
+  *inputs.mutable_model() = *std::move(model);
+  return inputs;
+}
+
+// Registers the package the run left, wherever it ran. Idempotent: a server
+// that stopped after recording it and before the job's end records it once.
+absl::Status EmulatorJob::RecordOutputs(const v1::Job& job) const {
+  const v1::EmulatorSpec& spec = job.spec().emulator();
+  std::optional<v1::Artifact> artifact;
+  for (const std::string& id : job.artifact_ids()) {
+    OFFSITE_ASSIGN_OR_RETURN(v1::Artifact candidate, artifacts_->Get(id));
+    if (candidate.name() == kPackageFileName) artifact = std::move(candidate);
+  }
+  if (!artifact) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("emulator job ", job.id(), " left no ", kPackageFileName));
+  }
+  OFFSITE_ASSIGN_OR_RETURN(SafetensorsFile file,
+                           ReadSafetensors(artifacts_->BlobPath(artifact->sha256())));
+  absl::StatusOr<OpenedPackage> opened = OpenPackage(file);
+  if (!opened.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kPackageFileName, " of job ", job.id(), ": ", opened.status().message()));
+  }
+  const v1::PackageManifest& manifest = opened->manifest;
+  if (manifest.model() != spec.model()) {
+    return absl::InvalidArgumentError(absl::StrCat(kPackageFileName, " of job ", job.id(),
+                                                   " is built from model \"", manifest.model(),
+                                                   "\", not \"", spec.model(), "\""));
+  }
+  if (store_->GetPackage(manifest.package_id()).ok()) return absl::OkStatus();
   v1::Package package;
-  package.set_id(options.package_id);
+  package.set_id(manifest.package_id());
   package.set_model(spec.model());
-  package.set_job_id(ctx.job().id());
-  package.set_artifact_id(artifact.id());
-  package.set_sha256(artifact.sha256());
-  package.set_size(artifact.size());
+  package.set_job_id(job.id());
+  package.set_artifact_id(artifact->id());
+  package.set_sha256(artifact->sha256());
+  package.set_size(artifact->size());
   *package.mutable_manifest() = manifest;
-  for (const auto& [name, value] : metrics) (*package.mutable_metrics())[name] = value;
+  for (const auto& [name, value] : job.metrics()) {
+    if (IsPackageMetric(name)) (*package.mutable_metrics())[name] = value;
+  }
   if (spec.has_task_eval()) *package.mutable_task_eval() = spec.task_eval();
   package.set_create_time_ms(NowMs());
-  OFFSITE_RETURN_IF_ERROR(store_->AddPackage(package));
-  ctx.Log(absl::StrCat("package ", package.id(), " ready: ", adapter_params,
-                       " adapter parameters, ", emulator_params, " emulator, ", shared_params,
-                       " shared (full model ", model->parameters(), ")"));
-  return absl::OkStatus();
+  return store_->AddPackage(package);
 }
 
 // --- plugin_eval -----------------------------------------------------------

@@ -82,17 +82,7 @@ class OffsiteTuningE2eTest : public ::testing::Test {
 
   // Pretrain, register and package a 6-block decoder, split 1-2-1.
   std::string BuildPackage() {
-    v1::JobSpec pretrain;
-    v1::LmPretrainSpec* lm = pretrain.mutable_lm_pretrain();
-    lm->mutable_arch()->set_n_layer(6);
-    lm->mutable_arch()->set_n_embd(32);
-    lm->mutable_arch()->set_n_head(2);
-    lm->mutable_arch()->set_n_positions(32);
-    lm->mutable_data()->set_path(tmp_.File("public.txt"));
-    lm->set_steps(40);
-    lm->set_batch_size(16);
-    lm->set_eval_interval(20);
-    v1::Job pretrained = RunJob(pretrain);
+    v1::Job pretrained = RunJob(testutil::TinyLmPretrainSpec(tmp_.File("public.txt"), 6, 40));
     EXPECT_EQ(pretrained.state(), v1::SUCCEEDED) << pretrained.error();
     EXPECT_EQ(pretrained.artifact_ids_size(), 1);
     if (pretrained.artifact_ids_size() != 1) return "";

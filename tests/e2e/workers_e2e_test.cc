@@ -3,7 +3,7 @@
 // runs on a worker and leaves a downloadable model; a worker killed with
 // SIGKILL mid-job loses its lease and the job finishes on another worker from
 // the checkpoint the first one saved; a job of every training kind asking for
-// two workers trains on both, data-parallel.
+// two workers trains on both, data-parallel, emulator distillation included.
 
 #include <netinet/in.h>
 #include <signal.h>
@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "offsite/v1/artifact.grpc.pb.h"
 #include "offsite/v1/job.grpc.pb.h"
+#include "offsite/v1/offsite_tuning.grpc.pb.h"
 #include "offsite/v1/worker.grpc.pb.h"
 #include "tests/util/job_helpers.h"
 #include "tests/util/server_process.h"
@@ -321,6 +322,63 @@ TEST_F(DataParallelE2eTest, EveryOtherTrainingKindTrainsOnBothWorkers) {
   v1::Job tuned;
   ASSERT_NO_FATAL_FAILURE(RunOnBoth(testutil::TinyRewardTuneSpec(mle.artifact_ids(0)), &tuned));
   EXPECT_EQ(tuned.metrics().at("step"), 6);
+}
+
+// The emulator job reads the model registry and records a package, yet runs
+// on workers: the server resolves the model into the lease and records the
+// package from the job's output when rank 0 ends it.
+TEST_F(DataParallelE2eTest, EmulatorJobDistilsOnBothWorkersAndTheServerRecordsItsPackage) {
+  std::string text;
+  for (int i = 0; i < 300; ++i) {
+    absl::StrAppend(&text, "The lamp number ", i % 13, " is lit at dusk and put out at dawn.\n%\n");
+  }
+  ASSERT_TRUE(WriteFileAtomic(tmp_.File("public.txt"), text).ok());
+  v1::Job pretrained;
+  ASSERT_NO_FATAL_FAILURE(
+      RunOnBoth(testutil::TinyLmPretrainSpec(tmp_.File("public.txt"), 4, 10), &pretrained));
+  ASSERT_EQ(pretrained.artifact_ids_size(), 1);
+
+  std::unique_ptr<v1::OffsiteService::Stub> offsite =
+      v1::OffsiteService::NewStub(server_->Channel("owner"));
+  grpc::ClientContext add_context;
+  v1::AddModelRequest add;
+  add.set_name("lamp-gpt");
+  add.set_artifact_id(pretrained.artifact_ids(0));
+  v1::Model model;
+  grpc::Status added = offsite->AddModel(&add_context, add, &model);
+  ASSERT_TRUE(added.ok()) << added.error_message();
+
+  v1::JobSpec build;
+  v1::EmulatorSpec* emulator = build.mutable_emulator();
+  emulator->set_model("lamp-gpt");
+  emulator->set_bottom(1);
+  emulator->set_top(1);
+  emulator->set_emulator_blocks(1);
+  emulator->mutable_distill()->set_steps(6);
+  emulator->mutable_distill()->set_batch_size(8);
+  emulator->mutable_distill()->mutable_data()->mutable_text()->set_path(tmp_.File("public.txt"));
+  emulator->mutable_task_eval()->mutable_text()->set_path(tmp_.File("public.txt"));
+  v1::Job built;
+  ASSERT_NO_FATAL_FAILURE(RunOnBoth(build, &built));
+  ASSERT_EQ(built.artifact_ids_size(), 1);  // rank 0's package file only
+  EXPECT_GT(built.metrics().at("emulator_zero_shot_perplexity"), 1.0);
+
+  grpc::ClientContext list_context;
+  v1::ListPackagesResponse packages;
+  ASSERT_TRUE(offsite->ListPackages(&list_context, {}, &packages).ok());
+  ASSERT_EQ(packages.packages_size(), 1);
+  const v1::Package& package = packages.packages(0);
+  EXPECT_EQ(package.job_id(), built.id());
+  EXPECT_EQ(package.model(), "lamp-gpt");
+  EXPECT_EQ(package.artifact_id(), built.artifact_ids(0));
+  EXPECT_EQ(package.manifest().model(), "lamp-gpt");
+  // 1-1-1 of 4 blocks: the adapter is blocks 0 and 3.
+  EXPECT_EQ(package.manifest().adapter_blocks_size(), 2);
+  EXPECT_EQ(package.metrics().at("emulator_zero_shot_perplexity"),
+            built.metrics().at("emulator_zero_shot_perplexity"));
+  EXPECT_EQ(package.metrics().count("distill_best_valid_loss"), 1);
+  // The distillation's running figures stay with the job.
+  EXPECT_EQ(package.metrics().count("valid_loss"), 0);
 }
 
 }  // namespace

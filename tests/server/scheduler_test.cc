@@ -18,7 +18,8 @@ using namespace std::chrono_literals;
 
 // A runner whose behaviour the spec's epochs field selects:
 //   1: succeed at once and leave an artifact; 2: run until cancelled;
-//   3: throw; 4: fail with a status; 5: count runs, resume from a checkpoint.
+//   3: throw; 4: fail with a status; 5: count runs, resume from a checkpoint;
+//   6: its inputs cannot be resolved; 7: its outputs cannot be recorded.
 class FakeRunner : public JobRunner {
  public:
   absl::Status Validate(const v1::JobSpec& spec) const override {
@@ -30,6 +31,9 @@ class FakeRunner : public JobRunner {
   absl::Status Run(const v1::JobSpec& spec, JobContext& ctx) const override {
     switch (spec.forward_forward().epochs()) {
       case 1: {
+        if (ctx.inputs().model().name() != "resolved-model") {
+          return absl::InternalError("ran without its resolved inputs");
+        }
         ctx.ReportMetrics(1, {{"accuracy", 0.9}});
         std::string path = ctx.work_dir() + "/out.txt";
         std::ofstream(path) << "result";
@@ -50,6 +54,22 @@ class FakeRunner : public JobRunner {
         return absl::OkStatus();
       }
     }
+  }
+  absl::StatusOr<v1::JobInputs> ResolveInputs(const v1::Job& job) const override {
+    if (job.spec().forward_forward().epochs() == 6) {
+      return absl::InvalidArgumentError("emulator.model: model \"gone\" not found");
+    }
+    v1::JobInputs inputs;
+    inputs.mutable_model()->set_name("resolved-model");
+    return inputs;
+  }
+  absl::Status RecordOutputs(const v1::Job& job) const override {
+    const int mode = job.spec().forward_forward().epochs();
+    if (mode == 7) return absl::DataLossError("package file unreadable");
+    if (mode == 1 && job.artifact_ids_size() != 1) {
+      return absl::FailedPreconditionError("outputs recorded before the artifact was in");
+    }
+    return absl::OkStatus();
   }
 };
 
@@ -144,6 +164,18 @@ TEST_F(SchedulerTest, ExceptionFailsJobAndWorkerKeepsServing) {
   v1::Job bad = WaitFor(Submit(4).id(), v1::FAILED);
   EXPECT_NE(bad.error().find("x.idx"), std::string::npos);
   WaitFor(Submit(1).id(), v1::SUCCEEDED);
+}
+
+// The server-side halves of a job (JobRunner::ResolveInputs before Run,
+// RecordOutputs after it, with the run's artifacts in): either failing fails the job.
+TEST_F(SchedulerTest, InputsResolveBeforeAndOutputsRecordAfterTheRunOrTheJobFails) {
+  StartScheduler();
+  WaitFor(Submit(1).id(), v1::SUCCEEDED);  // mode 1 checks both
+  v1::Job unresolvable = WaitFor(Submit(6).id(), v1::FAILED);
+  EXPECT_NE(unresolvable.error().find("model \"gone\" not found"), std::string::npos);
+  EXPECT_EQ(unresolvable.attempts(), 1);
+  v1::Job unrecordable = WaitFor(Submit(7).id(), v1::FAILED);
+  EXPECT_NE(unrecordable.error().find("package file unreadable"), std::string::npos);
 }
 
 TEST_F(SchedulerTest, RunningJobIsRequeuedAfterRestartAndResumes) {
@@ -256,6 +288,14 @@ TEST_F(SchedulerTest, SubmitRejectsBadSpecsNamingTheProblem) {
   EXPECT_TRUE(absl::IsInvalidArgument(status));
   EXPECT_NE(status.message().find("999"), std::string::npos);
   EXPECT_NE(status.message().find("forward_forward"), std::string::npos);
+
+  // This runner does not train data-parallel: two workers are refused.
+  v1::JobSpec two_workers;
+  two_workers.mutable_forward_forward()->set_epochs(1);
+  two_workers.mutable_resources()->set_workers(2);
+  status = manager_->Submit(owner_, two_workers).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(status));
+  EXPECT_NE(status.message().find("resources.workers: 2 workers"), std::string::npos) << status;
 }
 
 TEST_F(SchedulerTest, DataOwnerMayNameOnlyFilesUnderTheDataRoots) {

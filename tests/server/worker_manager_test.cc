@@ -13,10 +13,36 @@ namespace {
 
 constexpr int64_t kTimeoutMs = 1000;
 
+// Stands in for the forward_forward runner on the server's side: what it
+// resolves for a job and what recording its outputs answers. A job named
+// "unresolvable" has inputs that cannot be resolved.
+class FakeRunner : public JobRunner {
+ public:
+  absl::Status Validate(const v1::JobSpec&) const override { return absl::OkStatus(); }
+  absl::Status Run(const v1::JobSpec&, JobContext&) const override { return absl::OkStatus(); }
+  absl::StatusOr<v1::JobInputs> ResolveInputs(const v1::Job& job) const override {
+    if (job.spec().display_name() == "unresolvable") {
+      return absl::InvalidArgumentError("emulator.model: model \"gone\" not found");
+    }
+    return inputs;
+  }
+  absl::Status RecordOutputs(const v1::Job& job) const override {
+    recorded.push_back(job.id());
+    return record_outcome;
+  }
+
+  v1::JobInputs inputs;
+  absl::Status record_outcome;
+  mutable std::vector<std::string> recorded;
+};
+
 class WorkerManagerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     db_ = Database::Open(dir_ + "/offsite.db").value();
+    auto runner = std::make_unique<FakeRunner>();
+    runner_ = runner.get();
+    runners_[v1::JobSpec::kForwardForward] = std::move(runner);
     jobs_ = JobStore::Create(db_.get()).value();
     artifacts_ = ArtifactStore::Create(db_.get(), dir_).value();
     NewManager();
@@ -31,16 +57,18 @@ class WorkerManagerTest : public ::testing::Test {
     options.lease_timeout_ms = kTimeoutMs;
     options.checkpoint_interval_s = 7;
     options.now_ms = [this] { return now_; };
-    manager_ = std::make_unique<WorkerManager>(jobs_.get(), leases_.get(), artifacts_.get(), &bus_,
-                                               options);
+    manager_ = std::make_unique<WorkerManager>(jobs_.get(), leases_.get(), artifacts_.get(),
+                                               &runners_, &bus_, options);
   }
 
-  v1::Job Queue(const v1::JobResources& resources = {}, const std::string& owner = "alice") {
+  v1::Job Queue(const v1::JobResources& resources = {}, const std::string& owner = "alice",
+                const std::string& display_name = "") {
     v1::Job job;
     job.set_id(NewId("job"));
     job.set_owner(owner);
     job.set_kind("forward_forward");
     job.mutable_spec()->mutable_forward_forward()->set_epochs(1);
+    job.mutable_spec()->set_display_name(display_name);
     *job.mutable_spec()->mutable_resources() = resources;
     job.set_state(v1::QUEUED);
     job.set_create_time_ms(++created_);
@@ -101,6 +129,8 @@ class WorkerManagerTest : public ::testing::Test {
   std::unique_ptr<ArtifactStore> artifacts_;
   std::unique_ptr<LeaseStore> leases_;
   EventBus bus_;
+  RunnerRegistry runners_;
+  FakeRunner* runner_ = nullptr;
   std::unique_ptr<WorkerManager> manager_;
   const Caller worker_a_{"worker-a", v1::WORKER};
   const Caller worker_b_{"worker-b", v1::WORKER};
@@ -227,6 +257,46 @@ TEST_F(WorkerManagerTest, CompleteRecordsOutcomeAndReleasesLease) {
   EXPECT_EQ(Complete(worker_a_, c.lease_id(), absl::CancelledError(), /*requeue=*/true)->state(),
             v1::QUEUED);
   EXPECT_EQ(State(stopping.id()), v1::QUEUED);
+}
+
+TEST_F(WorkerManagerTest, SuccessRecordsTheJobsOutputsOrFailsItWhenThatFails) {
+  v1::Job recorded = Queue();
+  v1::Job unrecordable = Queue();
+  v1::LeaseResponse a = Lease(worker_a_).value();
+  EXPECT_EQ(Complete(worker_a_, a.lease_id(), absl::OkStatus())->state(), v1::SUCCEEDED);
+  EXPECT_EQ(runner_->recorded, std::vector<std::string>{recorded.id()});
+
+  runner_->record_outcome = absl::InvalidArgumentError("package.safetensors: no manifest");
+  v1::LeaseResponse b = Lease(worker_a_).value();
+  EXPECT_EQ(Complete(worker_a_, b.lease_id(), absl::OkStatus())->state(), v1::FAILED);
+  EXPECT_NE(jobs_->Get(unrecordable.id())->error().find("no manifest"), std::string::npos);
+  EXPECT_FALSE(manager_->IsLeased(unrecordable.id()));
+}
+
+TEST_F(WorkerManagerTest, LeaseCarriesResolvedInputsWhoseArtifactsItsHolderMayRead) {
+  // A model registered by another owner than the job's: readable through the
+  // inputs only, by the lease holder only.
+  const v1::Artifact model = Upload("owner", "model weights");
+  runner_->inputs.mutable_model()->set_name("m");
+  runner_->inputs.mutable_model()->set_artifact_id(model.id());
+  Queue();
+  EXPECT_FALSE(manager_->MayRead(worker_a_, model));
+  v1::LeaseResponse lease = Lease(worker_a_).value();
+  EXPECT_EQ(lease.inputs().model().artifact_id(), model.id());
+  EXPECT_TRUE(manager_->MayRead(worker_a_, model));
+  EXPECT_FALSE(manager_->MayRead(worker_b_, model));
+  EXPECT_FALSE(manager_->MayRead(worker_a_, Upload("owner", "another model")));
+}
+
+TEST_F(WorkerManagerTest, JobWhoseInputsCannotBeResolvedFailsAndTheNextIsLeased) {
+  v1::Job unresolvable = Queue({}, "alice", "unresolvable");
+  v1::Job next = Queue();
+  v1::LeaseResponse lease = Lease(worker_a_).value();
+  EXPECT_EQ(lease.job().id(), next.id());
+  EXPECT_EQ(State(unresolvable.id()), v1::FAILED);
+  EXPECT_NE(jobs_->Get(unresolvable.id())->error().find("model \"gone\" not found"),
+            std::string::npos);
+  EXPECT_FALSE(manager_->IsLeased(unresolvable.id()));
 }
 
 TEST_F(WorkerManagerTest, LeasesSurviveAServerRestart) {

@@ -1,5 +1,6 @@
 #include "tests/util/job_helpers.h"
 
+#include <algorithm>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -79,6 +80,20 @@ v1::JobSpec TinyMicSpec() {
   mic->set_batch_size(8);
   mic->set_warmup_steps(2);
   mic->set_eval_every(4);
+  return spec;
+}
+
+v1::JobSpec TinyLmPretrainSpec(const std::string& path, int n_layer, int steps) {
+  v1::JobSpec spec;
+  v1::LmPretrainSpec* lm = spec.mutable_lm_pretrain();
+  lm->mutable_arch()->set_n_layer(n_layer);
+  lm->mutable_arch()->set_n_embd(32);
+  lm->mutable_arch()->set_n_head(2);
+  lm->mutable_arch()->set_n_positions(32);
+  lm->mutable_data()->set_path(path);
+  lm->set_steps(steps);
+  lm->set_batch_size(16);
+  lm->set_eval_interval(std::max(1, steps / 2));
   return spec;
 }
 

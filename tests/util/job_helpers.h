@@ -42,6 +42,10 @@ v1::JobSpec TinyDetectionMleSpec();
 v1::JobSpec TinyRewardTuneSpec(const std::string& detector_artifact_id);
 v1::JobSpec TinyMicSpec();
 
+// An lm_pretrain job of a GPT decoder (32 wide, 2 heads, 32 positions) with
+// `n_layer` blocks on the text file `path`: `steps` of batch 16, validated twice.
+v1::JobSpec TinyLmPretrainSpec(const std::string& path, int n_layer, int steps);
+
 bool IsFinished(const v1::Job& job);
 
 absl::StatusOr<v1::Job> SubmitJob(v1::JobService::StubInterface& stub, const v1::JobSpec& spec);
