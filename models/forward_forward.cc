@@ -235,9 +235,15 @@ absl::StatusOr<StepStats> ForwardForwardTrainer::TrainStep(const torch::Tensor& 
                                                            const torch::Tensor& y_in) {
   const torch::Tensor x = Flatten(x_in, options_.input_dim, device_);
   const torch::Tensor y = Labels(y_in, x.size(0), device_);
-  const torch::Tensor negative_labels = options_.hard_negatives
-                                            ? SampleHardWrongLabels(LabelGoodness(x), y)
-                                            : SampleWrongLabels(y, options_.num_classes);
+  torch::Tensor negative_labels;
+  if (!options_.hard_negatives) {
+    negative_labels = SampleWrongLabels(y, options_.num_classes);
+  } else if (options_.hard_negatives_from_softmax) {
+    torch::NoGradGuard no_grad;
+    negative_labels = SampleHardWrongLabels(head_(HeadInput(x)), y);
+  } else {
+    negative_labels = SampleHardWrongLabels(LabelGoodness(x), y);
+  }
 
   std::vector<torch::Tensor> losses = LayerLosses(x, y, negative_labels);
   for (auto& optimizer : layer_optimizers_) optimizer->zero_grad();

@@ -42,6 +42,10 @@ struct ForwardForwardOptions {
   double theta = 0;  // 0 means: number of units of each layer.
   double learning_rate = 1e-3;
   bool hard_negatives = false;
+  // Draw hard negatives from the softmax read-out's probabilities (one pass
+  // with the neutral label; near uniform while the read-out is untrained)
+  // instead of from the goodness of every label (one pass per label).
+  bool hard_negatives_from_softmax = false;
 };
 
 // OK, or InvalidArgumentError saying which option is out of range. The

@@ -3,7 +3,8 @@
 // widths on the same shuffled batches and prints test accuracy after every
 // epoch, then one SUMMARY line. Results: docs/results/forward_forward.md.
 //
-//   ff_experiment [--epochs 30] [--seed 0] [--hard-negatives] [--batch-size 100]
+//   ff_experiment [--epochs 30] [--seed 0] [--hard-negatives | --hard-negatives-from-softmax]
+//                 [--batch-size 100]
 //                 [--lr 1e-3] [--theta 0] [--widths 500,500,500,500]
 //                 [--train-limit 0] [--no-backprop] [--threads 2] [--max-minutes 0]
 //                 [--cooldown]
@@ -32,6 +33,11 @@
 namespace offsite {
 namespace {
 
+const char* HardNegatives(const ForwardForwardOptions& model) {
+  if (!model.hard_negatives) return "no";
+  return model.hard_negatives_from_softmax ? "softmax" : "goodness";
+}
+
 struct ExperimentOptions {
   int epochs = 30;
   uint64_t seed = 0;
@@ -46,7 +52,8 @@ struct ExperimentOptions {
 
 [[noreturn]] void Usage(const char* program, const std::string& problem) {
   std::fprintf(stderr,
-               "%s\nusage: %s [--epochs N] [--seed N] [--hard-negatives] [--batch-size N] "
+               "%s\nusage: %s [--epochs N] [--seed N] "
+               "[--hard-negatives | --hard-negatives-from-softmax] [--batch-size N] "
                "[--lr X] [--theta X] [--widths W,W,...] [--train-limit N] [--no-backprop] "
                "[--threads N] [--max-minutes X] [--cooldown]\n",
                problem.c_str(), program);
@@ -81,6 +88,9 @@ ExperimentOptions ParseFlags(int argc, char** argv) {
       options.seed = static_cast<uint64_t>(integer(0));
     } else if (flag == "--hard-negatives") {
       options.model.hard_negatives = true;
+    } else if (flag == "--hard-negatives-from-softmax") {
+      options.model.hard_negatives = true;
+      options.model.hard_negatives_from_softmax = true;
     } else if (flag == "--batch-size") {
       options.batch_size = integer(1);
     } else if (flag == "--lr") {
@@ -141,10 +151,10 @@ int Main(int argc, char** argv) {
     widths += (widths.empty() ? "" : ",") + std::to_string(w);
   std::printf(
       "config: train %lld test %lld widths %s epochs %d batch %lld lr %g theta %g "
-      "hard_negatives %d cooldown %d seed %llu threads %d\n",
+      "hard_negatives %s cooldown %d seed %llu threads %d\n",
       static_cast<long long>(n), static_cast<long long>(test_x.size(0)), widths.c_str(),
       options.epochs, static_cast<long long>(options.batch_size), options.model.learning_rate,
-      options.model.theta, options.model.hard_negatives ? 1 : 0, options.cooldown ? 1 : 0,
+      options.model.theta, HardNegatives(options.model), options.cooldown ? 1 : 0,
       static_cast<unsigned long long>(options.seed), torch::get_num_threads());
   std::fflush(stdout);
 
@@ -201,12 +211,12 @@ int Main(int argc, char** argv) {
     }
   }
   std::printf(
-      "SUMMARY seed %llu epochs %d hard_negatives %d batch %lld lr %g cooldown %d: ff_goodness "
+      "SUMMARY seed %llu epochs %d hard_negatives %s batch %lld lr %g cooldown %d: ff_goodness "
       "%.4f "
       "ff_softmax %.4f backprop %.4f | ff_train %.0fs (%.0f samples/s) bp_train %.0fs "
       "(%.0f samples/s) wall %.0fs\n",
       static_cast<unsigned long long>(options.seed), epochs_done,
-      options.model.hard_negatives ? 1 : 0, static_cast<long long>(options.batch_size),
+      HardNegatives(options.model), static_cast<long long>(options.batch_size),
       options.model.learning_rate, options.cooldown ? 1 : 0, ff_goodness, ff_softmax, bp_accuracy,
       ff_train_s, n * epochs_done / ff_train_s, bp_train_s,
       bp_train_s > 0 ? n * epochs_done / bp_train_s : 0.0, Seconds(wall_start));

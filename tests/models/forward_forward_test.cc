@@ -229,12 +229,16 @@ TEST_F(SyntheticTaskTest, ForwardForwardBeatsChanceInBothModes) {
 }
 
 TEST_F(SyntheticTaskTest, HardNegativesTrainToo) {
-  torch::manual_seed(2);
-  ForwardForwardOptions options = SmallOptions();
-  options.hard_negatives = true;
-  ForwardForwardTrainer trainer(options, torch::kCPU);
-  Train(trainer, /*epochs=*/6);
-  EXPECT_GT(Accuracy(trainer.PredictGoodness(test_.x), test_.y), 0.8);
+  for (const bool from_softmax : {false, true}) {
+    torch::manual_seed(2);
+    ForwardForwardOptions options = SmallOptions();
+    options.hard_negatives = true;
+    options.hard_negatives_from_softmax = from_softmax;
+    ForwardForwardTrainer trainer(options, torch::kCPU);
+    Train(trainer, /*epochs=*/6);
+    EXPECT_GT(Accuracy(trainer.PredictGoodness(test_.x), test_.y), 0.8)
+        << "hard negatives from " << (from_softmax ? "softmax" : "goodness");
+  }
 }
 
 TEST_F(SyntheticTaskTest, BackpropBaselineLearns) {
