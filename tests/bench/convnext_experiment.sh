@@ -6,6 +6,8 @@
 # Usage: tests/bench/convnext_experiment.sh            (after deploy/build.sh)
 # Knobs (environment): PRETRAIN_EPOCHS=10 PRETRAIN_IMAGES=60000 FT_EPOCHS=50
 #   LABELS=1000 SEEDS="1 2" TEST_IMAGES=10000 FULL_LABELS=0 (1: also all labels)
+#   ENCODER_GRN / ENCODER_NOGRN / ENCODER_NOMASK=ARTIFACT_ID: reuse an encoder that
+#   an earlier run with the same WORK pretrained (its server data stays in WORK).
 # Prints a markdown table of top-1 test accuracy (mean and spread over seeds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,7 +45,13 @@ first_artifact() { sed -n 's/.*"artifact_ids":\["\([^"]*\)".*/\1/p'; }
 
 # Pretrains one encoder variant (grn, nogrn or nomask); prints its artifact id.
 pretrain() {
-  local variant=$1 json args=(--set epochs="$PRETRAIN_EPOCHS" --set data.train_subset="$PRETRAIN_IMAGES"
+  local variant=$1 preset="ENCODER_${1^^}"
+  if [ -n "${!preset:-}" ]; then
+    echo "fcmae $variant: reusing encoder ${!preset}" >&2
+    echo "${!preset}"
+    return
+  fi
+  local json args=(--set epochs="$PRETRAIN_EPOCHS" --set data.train_subset="$PRETRAIN_IMAGES"
         --set data.test_subset=256 --set learning_rate=2e-3 --set seed=1)
   [ "$variant" = nogrn ] && args+=(--set arch.no_grn=true)
   [ "$variant" = nomask ] && args+=(--set no_masked_conv=true)
