@@ -192,6 +192,11 @@ absl::Status EmulatorJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   // The registered model, resolved by the server (ResolveInputs): this runs
   // in the server or on a remote worker alike.
   const v1::Model& model = ctx.inputs().model();
+  if (!ctx.inputs().has_model()) {
+    return absl::FailedPreconditionError(
+        "emulator.model: the server handed over no model record for this job (a server older "
+        "than this worker does not; run the job in the server or upgrade it)");
+  }
   if (model.name() != spec.model()) {
     return absl::FailedPreconditionError(
         absl::StrCat("emulator.model: the server resolved model \"", model.name(),
