@@ -290,7 +290,9 @@ torch::Tensor GrnImpl::forward(const torch::Tensor& x, const torch::Tensor& visi
   // linalg_vector_norm's gradient is 0 (not NaN) at an all-zero channel.
   const torch::Tensor gx = torch::linalg_vector_norm(stats_input, 2, {1, 2}, /*keepdim=*/true);
   const torch::Tensor nx = gx / (gx.mean(-1, /*keepdim=*/true) + 1e-6);
-  return gamma * (x * nx) + beta + x;
+  // The paper's gamma * (x * nx) + beta + x, regrouped as beta + x * (1 + gamma * nx):
+  // one pass over the (N, H, W, 4C) activations instead of four, forward and backward.
+  return torch::addcmul(beta, x, gamma * nx + 1);
 }
 
 ChannelLayerNormImpl::ChannelLayerNormImpl(int64_t dim, ChannelLayout layout)

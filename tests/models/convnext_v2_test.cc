@@ -66,6 +66,24 @@ TEST(GrnTest, MatchesHandComputation) {
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(out[i].item<double>(), expected[i], 1e-5) << i;
 }
 
+TEST(GrnTest, ValuesAndGradientsMatchThePaperFormula) {
+  Grn grn(6);
+  Randomize(*grn);
+  const torch::Tensor x = torch::randn({2, 3, 4, 6}, torch::requires_grad());
+  const torch::Tensor upstream = torch::randn({2, 3, 4, 6});
+  // The reference code's GRN, term by term.
+  const torch::Tensor gx = torch::linalg_vector_norm(x, 2, {1, 2}, true);
+  const torch::Tensor nx = gx / (gx.mean(-1, true) + 1e-6);
+  const torch::Tensor expected = grn->gamma * (x * nx) + grn->beta + x;
+  const auto want = torch::autograd::grad({expected}, {x, grn->gamma, grn->beta}, {upstream});
+  const torch::Tensor out = grn(x);
+  const auto got = torch::autograd::grad({out}, {x, grn->gamma, grn->beta}, {upstream});
+  EXPECT_TRUE(torch::allclose(out, expected, 1e-5, 1e-5));
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(got[i], want[i], 1e-4, 1e-5)) << "gradient " << i;
+  }
+}
+
 TEST(GrnTest, StartsAsIdentity) {
   Grn grn(6);
   const torch::Tensor x = torch::randn({2, 3, 3, 6});
