@@ -27,9 +27,21 @@ std::string OpenBlasCoreName() {
   return name ? name : "unknown";
 }
 
+std::string MallocName() {
+  // malloc resolves to the first library in the process that defines it; ask
+  // which one that is.
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&malloc), &info) != 0 && info.dli_fname != nullptr &&
+      std::string(info.dli_fname).find("tcmalloc") != std::string::npos) {
+    return "tcmalloc";
+  }
+  return "glibc";
+}
+
 std::string RuntimeSummary() {
   return absl::StrCat("torch ", TORCH_VERSION, ", ", torch::get_num_threads(),
-                      " intra-op threads, OpenBLAS kernel ", OpenBlasCoreName());
+                      " intra-op threads, OpenBLAS kernel ", OpenBlasCoreName(), ", malloc ",
+                      MallocName());
 }
 
 absl::Status CheckDevice(const std::string& device) {

@@ -17,7 +17,11 @@ int ConfigureThreads(int threads);
 // to change it; deploy/ scripts do that where the CPU has AVX-512.
 std::string OpenBlasCoreName();
 
-// One line for logs: threads, BLAS kernel, LibTorch version.
+// "tcmalloc" when tcmalloc serves this process's malloc (every Offsite binary
+// links it), otherwise "glibc".
+std::string MallocName();
+
+// One line for logs: threads, BLAS kernel, allocator, LibTorch version.
 std::string RuntimeSummary();
 
 // InvalidArgument unless `device` parses as a torch::Device usable here.

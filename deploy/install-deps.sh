@@ -7,7 +7,7 @@ PACKAGES=(
   # toolchain
   build-essential cmake ninja-build ccache pkg-config git ca-certificates
   # libraries
-  libtorch-dev libopenblas0-pthread
+  libtorch-dev libopenblas0-pthread libgoogle-perftools-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libssl-dev openssl libsqlite3-dev libpng-dev zlib1g-dev
   libgtest-dev libgmock-dev nlohmann-json3-dev
