@@ -8,6 +8,9 @@
 #   LABELS=1000 SEEDS="1 2" TEST_IMAGES=10000 FULL_LABELS=0 (1: also all labels)
 #   ENCODER_GRN / ENCODER_NOGRN / ENCODER_NOMASK=ARTIFACT_ID: reuse an encoder that
 #   an earlier run with the same WORK pretrained (its server data stays in WORK).
+#   SCRATCH=0: skip the from-scratch rows (they do not depend on the pretraining
+#   knobs, so a run that only varies pretraining can reuse them).
+#   ABLATIONS=0: only the GRN rows (no no-GRN or no-masked-conv encoders).
 # Prints a markdown table of top-1 test accuracy (mean and spread over seeds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,6 +25,8 @@ LABELS=${LABELS:-1000}
 SEEDS=${SEEDS:-"1 2"}
 TEST_IMAGES=${TEST_IMAGES:-10000}
 FULL_LABELS=${FULL_LABELS:-0}
+SCRATCH=${SCRATCH:-1}
+ABLATIONS=${ABLATIONS:-1}
 WORK=${WORK:-$(mktemp -d -t offsite-convnext.XXXXXX)}
 mkdir -p "$WORK"
 echo "work dir: $WORK (server log: $WORK/server.log)"
@@ -77,17 +82,19 @@ finetune() {
 
 # The headline comparison first, so a stopped run still has it.
 encoder=$(pretrain grn)
-finetune "scratch, GRN, $LABELS labels" "$LABELS" ""
+[ "$SCRATCH" = 1 ] && finetune "scratch, GRN, $LABELS labels" "$LABELS" ""
 finetune "FCMAE, GRN, $LABELS labels" "$LABELS" "$encoder"
 if [ "$FULL_LABELS" = 1 ]; then
-  finetune "scratch, GRN, all labels" 0 ""
+  [ "$SCRATCH" = 1 ] && finetune "scratch, GRN, all labels" 0 ""
   finetune "FCMAE, GRN, all labels" 0 "$encoder"
 fi
-encoder=$(pretrain nogrn)
-finetune "scratch, no GRN, $LABELS labels" "$LABELS" "" --set arch.no_grn=true
-finetune "FCMAE, no GRN, $LABELS labels" "$LABELS" "$encoder" --set arch.no_grn=true
-encoder=$(pretrain nomask)
-finetune "FCMAE without masked conv, $LABELS labels" "$LABELS" "$encoder"
+if [ "$ABLATIONS" = 1 ]; then
+  encoder=$(pretrain nogrn)
+  [ "$SCRATCH" = 1 ] && finetune "scratch, no GRN, $LABELS labels" "$LABELS" "" --set arch.no_grn=true
+  finetune "FCMAE, no GRN, $LABELS labels" "$LABELS" "$encoder" --set arch.no_grn=true
+  encoder=$(pretrain nomask)
+  finetune "FCMAE without masked conv, $LABELS labels" "$LABELS" "$encoder"
+fi
 
 echo
 echo "| setting | top-1 (mean ± spread over seeds $SEEDS) | per seed |"
