@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "common/data_parallel.h"
+#include "common/runtime.h"
 
 extern char** environ;
 
@@ -186,6 +187,8 @@ int main(int argc, char** argv) {
       "%ld CPU cores online\n",
       static_cast<long long>(width), static_cast<long long>(width), params / 1e6, params * 4 / 1e6,
       static_cast<long long>(batch), steps, ::sysconf(_SC_NPROCESSORS_ONLN));
+  std::printf("runtime: OpenBLAS kernel %s, malloc %s\n", offsite::OpenBlasCoreName().c_str(),
+              offsite::MallocName().c_str());
   const RunResult one = RunWorld(1, true, steps, batch, width);
   const RunResult after = RunWorld(2, false, steps, batch, width);
   const RunResult overlapped = RunWorld(2, true, steps, batch, width);

@@ -65,8 +65,7 @@ int Main(int argc, char** argv) {
   torch::set_num_threads(options.threads);
   torch::manual_seed(0);
 
-  std::printf("blas_core: %s\n", OpenBlasCoreName().c_str());
-  std::printf("torch_threads: %d\n", torch::get_num_threads());
+  std::printf("runtime: %s\n", RuntimeSummary().c_str());
   std::printf("net: 4x500, batch %lld, %d timed steps after %d warm-up\n",
               static_cast<long long>(kBatch), options.steps, kWarmupSteps);
 

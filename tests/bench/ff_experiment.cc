@@ -27,6 +27,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/idx.h"
+#include "common/runtime.h"
 #include "models/forward_forward.h"
 #include "models/lr_schedule.h"
 
@@ -149,6 +150,7 @@ int Main(int argc, char** argv) {
   std::string widths;
   for (int64_t w : options.model.layer_widths)
     widths += (widths.empty() ? "" : ",") + std::to_string(w);
+  std::printf("runtime: %s\n", RuntimeSummary().c_str());
   std::printf(
       "config: train %lld test %lld widths %s epochs %d batch %lld lr %g theta %g "
       "hard_negatives %s cooldown %d seed %llu threads %d\n",

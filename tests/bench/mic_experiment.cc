@@ -143,8 +143,8 @@ void MeanStd(const std::vector<double>& values, double* mean, double* std) {
 }
 
 int Run(const Args& args) {
-  std::printf("threads %d, BLAS core %s\n", ConfigureThreads(args.threads),
-              OpenBlasCoreName().c_str());
+  ConfigureThreads(args.threads);
+  std::printf("runtime: %s\n", RuntimeSummary().c_str());
   const bool segmentation = args.task == "segmentation";
   const std::string figure = segmentation ? "target_miou" : "target_accuracy";
   const int classes = 11;
