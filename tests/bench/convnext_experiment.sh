@@ -11,6 +11,10 @@
 #   SCRATCH=0: skip the from-scratch rows (they do not depend on the pretraining
 #   knobs, so a run that only varies pretraining can reuse them).
 #   ABLATIONS=0: only the GRN rows (no no-GRN or no-masked-conv encoders).
+#   FEW_LABELS=0: skip the LABELS-label rows (with FULL_LABELS=1: only all labels).
+#   FULL_FT_EPOCHS=FT_EPOCHS: fine-tuning epochs of the all-labels rows.
+#   FT_SET="field=value ...": extra spec fields for every fine-tuning row;
+#   PRETRAINED_FT_SET: extra ones for the rows from an encoder (layer_decay=0.9).
 # Prints a markdown table of top-1 test accuracy (mean and spread over seeds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +31,10 @@ TEST_IMAGES=${TEST_IMAGES:-10000}
 FULL_LABELS=${FULL_LABELS:-0}
 SCRATCH=${SCRATCH:-1}
 ABLATIONS=${ABLATIONS:-1}
+FEW_LABELS=${FEW_LABELS:-1}
+FULL_FT_EPOCHS=${FULL_FT_EPOCHS:-$FT_EPOCHS}
+FT_SET=${FT_SET:-}
+PRETRAINED_FT_SET=${PRETRAINED_FT_SET:-}
 WORK=${WORK:-$(mktemp -d -t offsite-convnext.XXXXXX)}
 mkdir -p "$WORK"
 echo "work dir: $WORK (server log: $WORK/server.log)"
@@ -70,11 +78,16 @@ pretrain() {
 results="$WORK/results.tsv"
 : >"$results"
 finetune() {
-  local row=$1 labels=$2 encoder=$3; shift 3
+  local row=$1 labels=$2 encoder=$3 epochs=$FT_EPOCHS field_value; shift 3
+  [ "$labels" = 0 ] && epochs=$FULL_FT_EPOCHS
   for seed in $SEEDS; do
-    args=(--set epochs="$FT_EPOCHS" --set label_subset="$labels" --set seed="$seed"
+    args=(--set epochs="$epochs" --set label_subset="$labels" --set seed="$seed"
           --set data.test_subset="$TEST_IMAGES" "$@")
-    [ -n "$encoder" ] && args+=(--set pretrained_artifact="$encoder")
+    for field_value in $FT_SET; do args+=(--set "$field_value"); done
+    if [ -n "$encoder" ]; then
+      args+=(--set pretrained_artifact="$encoder")
+      for field_value in $PRETRAINED_FT_SET; do args+=(--set "$field_value"); done
+    fi
     acc=$(run finetune "${args[@]}" | field test_accuracy)
     echo "$row	$seed	$acc" | tee -a "$results"
   done
@@ -82,13 +95,15 @@ finetune() {
 
 # The headline comparison first, so a stopped run still has it.
 encoder=$(pretrain grn)
-[ "$SCRATCH" = 1 ] && finetune "scratch, GRN, $LABELS labels" "$LABELS" ""
-finetune "FCMAE, GRN, $LABELS labels" "$LABELS" "$encoder"
+if [ "$FEW_LABELS" = 1 ]; then
+  [ "$SCRATCH" = 1 ] && finetune "scratch, GRN, $LABELS labels" "$LABELS" ""
+  finetune "FCMAE, GRN, $LABELS labels" "$LABELS" "$encoder"
+fi
 if [ "$FULL_LABELS" = 1 ]; then
   [ "$SCRATCH" = 1 ] && finetune "scratch, GRN, all labels" 0 ""
   finetune "FCMAE, GRN, all labels" 0 "$encoder"
 fi
-if [ "$ABLATIONS" = 1 ]; then
+if [ "$ABLATIONS" = 1 ] && [ "$FEW_LABELS" = 1 ]; then
   encoder=$(pretrain nogrn)
   [ "$SCRATCH" = 1 ] && finetune "scratch, no GRN, $LABELS labels" "$LABELS" "" --set arch.no_grn=true
   finetune "FCMAE, no GRN, $LABELS labels" "$LABELS" "$encoder" --set arch.no_grn=true
