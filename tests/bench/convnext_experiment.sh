@@ -39,6 +39,7 @@ WORK=${WORK:-$(mktemp -d -t offsite-convnext.XXXXXX)}
 mkdir -p "$WORK"
 echo "work dir: $WORK (server log: $WORK/server.log)"
 
+rm -f "$WORK/port"  # a rerun in the same WORK must not read the last server's port
 "$SERVER" --listen 127.0.0.1:0 --port_file "$WORK/port" --data_dir "$WORK/data" \
   >"$WORK/server.out" 2>"$WORK/server.log" &
 SERVER_PID=$!
