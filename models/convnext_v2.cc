@@ -10,9 +10,11 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 
 namespace offsite {
@@ -262,6 +264,28 @@ absl::StatusOr<ConvNextV2Config> ConvNextV2ConfigByName(std::string_view name) {
 
 int64_t ConvNextV2TotalStride(const ConvNextV2Config& config) {
   return config.stem_stride << (config.depths.size() - 1);
+}
+
+double LayerDecayScale(const ConvNextV2Config& config, std::string_view parameter_name,
+                       double decay) {
+  int64_t total_blocks = 0;
+  for (int64_t depth : config.depths) total_blocks += depth;
+  // Index of the block whose multiplier the parameter shares; B for the head.
+  int64_t block = total_blocks;
+  const std::vector<std::string> parts =
+      absl::StrSplit(absl::string_view(parameter_name.data(), parameter_name.size()), '.');
+  int64_t index = 0;
+  if (parts.size() > 1 && absl::SimpleAtoi(parts[1], &index)) {
+    if (parts[0] == "blocks") {
+      block = index;
+    } else if (parts[0] == "downsample_layers") {
+      block = 0;
+      for (int64_t s = 0; s < index && s < static_cast<int64_t>(config.depths.size()); ++s) {
+        block += config.depths[s];
+      }
+    }
+  }
+  return std::pow(decay, static_cast<double>(total_blocks - block));
 }
 
 int64_t ConvNextV2ParameterCount(const ConvNextV2Config& config) {

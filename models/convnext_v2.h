@@ -69,6 +69,14 @@ absl::StatusOr<ConvNextV2Config> ConvNextV2ConfigByName(std::string_view name);
 // network with stem stride 2 (a 32x32 image gives a 4x4 grid).
 int64_t ConvNextV2TotalStride(const ConvNextV2Config& config);
 
+// Learning-rate multiplier of a parameter, by name, under layer-wise decay (the
+// reference fine-tuning's "single" type): with B blocks in all, block k's
+// parameters get decay^(B - k), a stage's downsampling (the stem for stage 0)
+// that of the stage's first block, the final norm and head 1. So the first
+// layers, whose pretrained features are most general, move least.
+double LayerDecayScale(const ConvNextV2Config& config, std::string_view parameter_name,
+                       double decay);
+
 // Number of trainable parameters of the network `config` describes, computed
 // from the config alone (no module is built; useful for Huge's 660M).
 int64_t ConvNextV2ParameterCount(const ConvNextV2Config& config);

@@ -2,6 +2,7 @@
 #define OFFSITE_MODELS_LR_SCHEDULE_H_
 
 #include <cstdint>
+#include <vector>
 
 #include <torch/optim/optimizer.h>
 
@@ -19,6 +20,11 @@ double LinearCooldown(int64_t epoch, int64_t epochs, double peak);
 
 // Sets every parameter group's learning rate.
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr);
+
+// Sets group g's learning rate to lr * scales[g] (see LrScales in
+// models/optimizer.h), keeping a layer-wise decay through the schedule.
+void SetLearningRate(torch::optim::Optimizer& optimizer, double lr,
+                     const std::vector<double>& scales);
 
 }  // namespace offsite
 

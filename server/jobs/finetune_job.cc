@@ -70,6 +70,7 @@ absl::Status FinetuneJob::Validate(const v1::JobSpec& job_spec) const {
   OFFSITE_RETURN_IF_ERROR(ValidateTrainingSpec(spec, Resolved(spec), "finetune"));
   OFFSITE_RETURN_IF_ERROR(CheckRange("finetune.label_subset", spec.label_subset(), 0, 1e9));
   OFFSITE_RETURN_IF_ERROR(CheckRange("finetune.label_smoothing", spec.label_smoothing(), 0, 0.5));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("finetune.layer_decay", spec.layer_decay(), 0, 1));
   if (spec.linear_probe() && spec.pretrained_artifact().empty()) {
     return absl::InvalidArgumentError(
         "finetune.linear_probe: needs finetune.pretrained_artifact (a probe of random weights "
@@ -116,8 +117,15 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
     }
   }
   model->to(device);
-  std::unique_ptr<torch::optim::AdamW> optimizer =
-      MakeAdamW(*model, spec.learning_rate(), spec.weight_decay(), 0.999, /*exclude_grn=*/true);
+  std::function<double(const std::string&)> layer_decay;
+  if (spec.layer_decay() > 0 && spec.layer_decay() < 1) {
+    layer_decay = [&config, &spec](const std::string& name) {
+      return LayerDecayScale(config, name, spec.layer_decay());
+    };
+  }
+  std::unique_ptr<torch::optim::AdamW> optimizer = MakeAdamW(
+      *model, spec.learning_rate(), spec.weight_decay(), 0.999, /*exclude_grn=*/true, layer_decay);
+  const std::vector<double> lr_scales = LrScales(*optimizer);
 
   const int64_t n = train_images.size(0);
   const int64_t steps_per_epoch = (n + spec.batch_size() - 1) / spec.batch_size();
@@ -144,7 +152,8 @@ absl::Status FinetuneJob::Run(const v1::JobSpec& job_spec, JobContext& ctx) cons
   hooks.step = [&](const torch::Tensor& batch, int64_t global_step) -> absl::Status {
     model->train();
     SetLearningRate(*optimizer,
-                    WarmupCosine(global_step, warmup_steps, total_steps, spec.learning_rate()));
+                    WarmupCosine(global_step, warmup_steps, total_steps, spec.learning_rate()),
+                    lr_scales);
     torch::Tensor logits = model->forward(train_images.index_select(0, batch));
     torch::Tensor loss = torch::nn::functional::cross_entropy(
         logits, train_labels.index_select(0, batch),

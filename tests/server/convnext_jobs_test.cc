@@ -1,6 +1,11 @@
 #include <torch/torch.h>
 
+#include <map>
+#include <string>
+
 #include "gtest/gtest.h"
+#include "models/lr_schedule.h"
+#include "models/optimizer.h"
 #include "server/jobs/convnext_jobs_common.h"
 #include "server/jobs/fcmae_job.h"
 #include "server/jobs/finetune_job.h"
@@ -53,6 +58,10 @@ TEST(ConvNextJobsTest, BadSpecsAreRejectedNamingTheField) {
   smoothing.mutable_finetune()->set_label_smoothing(0.9);
   EXPECT_NE(FinetuneJob().Validate(smoothing).message().find("finetune.label_smoothing"),
             std::string::npos);
+  v1::JobSpec layer_decay;
+  layer_decay.mutable_finetune()->set_layer_decay(1.5);
+  EXPECT_NE(FinetuneJob().Validate(layer_decay).message().find("finetune.layer_decay"),
+            std::string::npos);
 }
 
 TEST(ConvNextJobsTest, FineTuningAdamWNeverDecaysGrnNormsOrBiases) {
@@ -72,6 +81,40 @@ TEST(ConvNextJobsTest, FineTuningAdamWNeverDecaysGrnNormsOrBiases) {
     grn += item.key().find("grn.") != std::string::npos;
   }
   EXPECT_GT(grn, 0);
+}
+
+TEST(ConvNextJobsTest, LayerDecayGivesEachParameterItsBlocksRateThroughTheSchedule) {
+  ConvNextV2Config config = ResolveArch(v1::ConvNextV2Arch(), 1, 10).value();  // 10 blocks
+  ConvNextV2 model = MakeConvNextV2(config).value();
+  auto scale = [&config](const std::string& name) { return LayerDecayScale(config, name, 0.5); };
+  auto optimizer = MakeAdamW(*model, 1e-3, 0.05, 0.999, /*exclude_grn=*/true, scale);
+  const std::vector<double> scales = LrScales(*optimizer);
+  SetLearningRate(*optimizer, 4e-3, scales);  // a scheduled step keeps the decay
+
+  std::map<const void*, double> lr_of;
+  for (const auto& group : optimizer->param_groups()) {
+    for (const torch::Tensor& p : group.params()) lr_of[p.data_ptr()] = group.options().get_lr();
+  }
+  std::map<std::string, double> expected = {
+      {"downsample_layers.0.0.weight", 4e-3 / 1024},  // the stem: as block 0, 0.5^10
+      {"blocks.0.dwconv.weight", 4e-3 / 1024},
+      {"downsample_layers.1.1.weight", 4e-3 / 256},  // stage 1 starts at block 2
+      {"blocks.9.pwconv2.weight", 4e-3 / 2},
+      {"norm.weight", 4e-3},
+      {"head.weight", 4e-3},
+  };
+  int trainable = 0;
+  for (const auto& item : model->named_parameters()) {
+    ASSERT_EQ(lr_of.count(item.value().data_ptr()), 1u) << item.key() << " is in no group";
+    ++trainable;
+    auto it = expected.find(item.key());
+    if (it != expected.end()) {
+      EXPECT_DOUBLE_EQ(lr_of[item.value().data_ptr()], it->second) << item.key();
+      expected.erase(it);
+    }
+  }
+  EXPECT_TRUE(expected.empty()) << expected.begin()->first << " is not a parameter name";
+  EXPECT_EQ(lr_of.size(), static_cast<size_t>(trainable));
 }
 
 }  // namespace
