@@ -29,8 +29,8 @@ void SetLearningRate(torch::optim::Optimizer& optimizer, double lr) {
 
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr,
                      const std::vector<double>& scales) {
-  TORCH_CHECK(scales.size() == optimizer.param_groups().size(), "SetLearningRate: ",
-              scales.size(), " scales for ", optimizer.param_groups().size(), " groups");
+  TORCH_CHECK(scales.size() == optimizer.param_groups().size(), "SetLearningRate: ", scales.size(),
+              " scales for ", optimizer.param_groups().size(), " groups");
   for (size_t g = 0; g < scales.size(); ++g) {
     optimizer.param_groups()[g].options().set_lr(lr * scales[g]);
   }

@@ -1,10 +1,10 @@
 #ifndef OFFSITE_MODELS_LR_SCHEDULE_H_
 #define OFFSITE_MODELS_LR_SCHEDULE_H_
 
+#include <torch/optim/optimizer.h>
+
 #include <cstdint>
 #include <vector>
-
-#include <torch/optim/optimizer.h>
 
 namespace offsite {
 
