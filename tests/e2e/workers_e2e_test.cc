@@ -176,8 +176,10 @@ TEST_F(WorkersE2eTest, KilledWorkersJobIsRequeuedAndFinishesOnAnotherFromItsChec
   std::unique_ptr<ChildProcess> b = StartWorker("worker-b");
   ASSERT_NE(a, nullptr);
   ASSERT_NE(b, nullptr);
+  // 20,000 examples an epoch: long enough that the test sees the first
+  // checkpoint before the job ends, even on a fast machine.
   absl::StatusOr<v1::Job> submitted =
-      testutil::SubmitJob(*jobs_, FashionMnistFfSpec(2000, 500, 10, {100, 100}));
+      testutil::SubmitJob(*jobs_, FashionMnistFfSpec(20000, 500, 10, {100, 100}));
   ASSERT_TRUE(submitted.ok()) << submitted.status();
   const std::string id = submitted->id();
 
