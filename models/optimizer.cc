@@ -12,8 +12,9 @@ namespace offsite {
 std::unique_ptr<torch::optim::AdamW> MakeAdamW(
     torch::nn::Module& module, double lr, double weight_decay, double beta2, bool exclude_grn,
     const std::function<double(const std::string& name)>& lr_scale) {
-  // Keyed by (learning-rate multiplier, decayed?); the map's order makes the
-  // groups' order, and so the checkpointed optimizer state, deterministic.
+  // Keyed by (-multiplier, not decayed?): the map's order (largest multiplier
+  // first, decayed before not) makes the groups' order, and so the
+  // checkpointed optimizer state, deterministic.
   std::map<std::pair<double, bool>, std::vector<torch::Tensor>> groups_by_key;
   for (const auto& item : module.named_parameters()) {
     if (!item.value().requires_grad()) continue;
