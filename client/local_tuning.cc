@@ -123,8 +123,8 @@ absl::StatusOr<LocalTuneReport> TuneLocallyOrThrow(const LocalTuneOptions& optio
   // The data, checked against the package's task.
   OFFSITE_RETURN_IF_ERROR(CheckDataFitsTask(manifest, arch, options.data));
   const int64_t context = arch.has_gpt() ? arch.gpt().n_positions() : 0;
-  OFFSITE_ASSIGN_OR_RETURN(TaskTensors data, LoadTaskData(options.data, context, device, "data",
-                                                                opened->text_encoder));
+  OFFSITE_ASSIGN_OR_RETURN(
+      TaskTensors data, LoadTaskData(options.data, context, device, "data", opened->text_encoder));
   if (!data.language) OFFSITE_RETURN_IF_ERROR(CheckImagesFitModel(manifest, arch, data));
   model.to(device);
 
@@ -307,7 +307,8 @@ std::string LocalTuneReportJson(const LocalTuneReport& report) {
       .Number("eval_interval", static_cast<double>(report.eval_interval))
       .Number("seed", static_cast<double>(report.seed))
       .Bool("top_only", report.tune.top_only)
-      .Bool("lora", report.tune.lora);
+      .Bool("lora", report.tune.lora)
+      .Bool("recompute_emulator", report.tune.recompute_emulator);
   if (report.tune.lora) {
     options.Number("lora_rank", static_cast<double>(report.tune.lora_rank))
         .Number("lora_alpha", report.tune.lora_alpha)

@@ -35,7 +35,8 @@
 namespace offsite {
 namespace {
 
-const std::vector<std::string> kSwitches = {"json", "watch", "insecure", "lora", "top-only"};
+const std::vector<std::string> kSwitches = {"json", "watch",    "insecure",
+                                            "lora", "top-only", "recompute-emulator"};
 
 std::vector<std::string> With(std::vector<std::string> flags) {
   const std::vector<std::string>& connection = ConnectionFlags();
@@ -502,6 +503,7 @@ absl::StatusOr<LocalTuneOptions> TuneOptionsFromFlags(const CliArgs& args) {
   options.device = args.Get("device", "cpu");
   options.tune.lora = args.Has("lora");
   options.tune.top_only = args.Has("top-only");
+  options.tune.recompute_emulator = args.Has("recompute-emulator");
   OFFSITE_RETURN_IF_ERROR(IntFlag(args, "lora-rank", &options.tune.lora_rank));
   OFFSITE_RETURN_IF_ERROR(DoubleFlag(args, "lora-alpha", &options.tune.lora_alpha));
   OFFSITE_RETURN_IF_ERROR(DoubleFlag(args, "lora-dropout", &options.tune.lora_dropout));
@@ -528,7 +530,7 @@ int OffsiteTune(const CliArgs& args) {
     return Fail(
         UsageError("offsite offsite tune DIR --data PATH [--classes 5,6,7,8,9] [--test-data DIR] "
                    "[--steps N | --epochs E] [--batch-size B] [--lr X] [--lora [--lora-rank R]] "
-                   "[--top-only] [--seed S] [--threads T] [--device cpu]"));
+                   "[--top-only] [--recompute-emulator] [--seed S] [--threads T] [--device cpu]"));
   }
   absl::StatusOr<LocalTuneOptions> options = TuneOptionsFromFlags(args);
   if (!options.ok()) return Fail(options.status());
@@ -553,8 +555,10 @@ int OffsiteTune(const CliArgs& args) {
               << (language ? " (tokenizer: " + plan.tokenizer + ")\n" : "\n") << "tuning "
               << Count(plan.trainable_parameters) << " parameters"
               << (plan.tune.lora ? " (LoRA)" : "")
-              << (plan.tune.top_only ? " (top adapter only)" : "") << ": " << plan.steps
-              << " steps, batch " << plan.batch_size << ", lr " << plan.learning_rate << "\n"
+              << (plan.tune.top_only ? " (top adapter only)" : "")
+              << (plan.tune.recompute_emulator ? " (emulator recomputed)" : "") << ": "
+              << plan.steps << " steps, batch " << plan.batch_size << ", lr " << plan.learning_rate
+              << "\n"
               << "emulator zero-shot: " << Figure(plan.emulator_zero_shot, language) << " (loss "
               << absl::StrFormat("%.4f", plan.emulator_zero_shot.loss) << ")\n";
   };
@@ -710,12 +714,12 @@ int RunOffsiteCommand(const std::vector<std::string>& words) {
   if (verb == "tune") {
     // Local only: no connection flags.
     flags = args->CheckFlags(
-        {"data",        "classes",      "test-data",     "train-images", "train-labels",
-         "test-images", "test-labels",  "train-subset",  "test-subset",  "validation-fraction",
-         "steps",       "epochs",       "batch-size",    "lr",           "weight-decay",
-         "warmup",      "clip",         "eval-interval", "lora",         "lora-rank",
-         "lora-alpha",  "lora-dropout", "top-only",      "seed",         "threads",
-         "device",      "json"});
+        {"data",        "classes",      "test-data",         "train-images", "train-labels",
+         "test-images", "test-labels",  "train-subset",      "test-subset",  "validation-fraction",
+         "steps",       "epochs",       "batch-size",        "lr",           "weight-decay",
+         "warmup",      "clip",         "eval-interval",     "lora",         "lora-rank",
+         "lora-alpha",  "lora-dropout", "top-only",          "seed",         "threads",
+         "device",      "json",         "recompute-emulator"});
     return flags.ok() ? OffsiteTune(*args) : Fail(flags);
   }
   if (verb == "push") {
@@ -741,7 +745,9 @@ std::string OffsiteUsage() {
          "      [--validation-fraction F] [--steps N | --epochs E (5)] [--batch-size B (32)]\n"
          "      [--lr X (1e-4 text, 1e-3 images)] [--weight-decay W] [--warmup N] [--clip C]\n"
          "      [--eval-interval N] [--lora [--lora-rank R] [--lora-alpha A] [--lora-dropout D]]\n"
-         "      [--top-only] [--seed S] [--threads T] [--device cpu]   (offline: no server)\n"
+         "      [--top-only] [--recompute-emulator] [--seed S] [--threads T] [--device cpu]\n"
+         "      (offline: no server; --recompute-emulator trades an extra emulator pass for\n"
+         "      memory)\n"
          "  offsite offsite push DIR [--watch]\n"
          "  offsite offsite adapters [--package ID]\n";
 }

@@ -49,12 +49,23 @@ class BlockModelImpl : public torch::nn::Module {
   // Non-block exit: features -> class logits, hidden states -> token logits.
   virtual torch::Tensor Head(const torch::Tensor& hidden) = 0;
 
-  torch::Tensor forward(const torch::Tensor& input) {
-    return Head(RunBlocks(Embed(input), 0, num_blocks()));
-  }
+  // Head(RunBlocks(Embed(input))), with frozen blocks recomputed if set below.
+  torch::Tensor forward(const torch::Tensor& input);
+
+  // Activation checkpointing of frozen blocks: when a gradient has to flow
+  // through a run of blocks whose parameters are all frozen (an emulator's
+  // middle between two trained adapters), the forward pass keeps only the
+  // run's input and the backward pass recomputes the run (with the same dropout
+  // masks) to get its activations. Gradients are unchanged; the run's
+  // activations no longer stay in memory, for one more forward pass of it.
+  void set_recompute_frozen_blocks(bool on) { recompute_frozen_blocks_ = on; }
+  bool recompute_frozen_blocks() const { return recompute_frozen_blocks_; }
 
   // Indices of the present blocks, ascending.
   std::vector<int64_t> PresentBlocks() const;
+
+ private:
+  bool recompute_frozen_blocks_ = false;
 };
 
 // Which block a parameter name belongs to: its index, or -1 for a non-block

@@ -585,6 +585,7 @@ void PrepareForTuning(const v1::PackageManifest& manifest, BlockModelImpl& model
     }
     item.value().set_requires_grad(trainable);
   }
+  model.set_recompute_frozen_blocks(options.recompute_emulator);
 }
 
 torch::Tensor TaskLoss(const torch::Tensor& logits, const torch::Tensor& targets) {

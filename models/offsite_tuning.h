@@ -118,13 +118,17 @@ absl::StatusOr<std::shared_ptr<BlockModelImpl>> PlugIn(BlockModelImpl& base,
 
 // Makes the model the data owner trains: sets requires_grad on the ADAPTER
 // tensors only (with `top_only`, the top adapter and head only), LoRA on the
-// adapter blocks if `lora` is set (the base weights then stay frozen).
+// adapter blocks if `lora` is set (the base weights then stay frozen). With
+// `recompute_emulator`, the frozen blocks between the adapters keep no
+// activations and are recomputed in the backward pass (less memory, one more
+// forward pass of the emulator; see BlockModelImpl::set_recompute_frozen_blocks).
 struct TuneOptions {
   bool top_only = false;
   bool lora = false;
   int64_t lora_rank = 4;
   double lora_alpha = 32;
   double lora_dropout = 0.1;
+  bool recompute_emulator = false;
 };
 void PrepareForTuning(const v1::PackageManifest& manifest, BlockModelImpl& model,
                       const TuneOptions& options);

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "common/runtime.h"
 #include "models/model_arch.h"
 #include "models/offsite_tuning.h"
@@ -45,9 +46,11 @@ struct Figures {
 };
 
 // One configuration: "full" (every parameter of the full model trains),
-// "emulator" (adapter only, emulator frozen), "emulator+lora", or
+// "emulator" (adapter only, emulator frozen), "emulator+lora",
 // "emulator+top-only" (only the top adapter trains, so nothing below it keeps
-// activations for the backward pass).
+// activations for the backward pass), or "+recompute" of the first two (the
+// emulator's blocks keep no activations and are recomputed in the backward
+// pass).
 Figures Measure(const Setup& setup, const std::string& mode, int64_t batch, int steps) {
   const double rss_before = PeakResidentMiB();
   torch::manual_seed(0);
@@ -62,8 +65,9 @@ Figures Measure(const Setup& setup, const std::string& mode, int64_t batch, int 
     v1::PackageManifest manifest;
     (void)MakePackageFile(emulator, plan, options, &manifest).value();
     TuneOptions tune;
-    tune.lora = mode == "emulator+lora";
-    tune.top_only = mode == "emulator+top-only";
+    tune.lora = absl::StrContains(mode, "+lora");
+    tune.top_only = absl::StrContains(mode, "+top-only");
+    tune.recompute_emulator = absl::StrContains(mode, "+recompute");
     model = emulator.model;
     full.reset();  // The data owner never holds the full model.
     PrepareForTuning(manifest, *model, tune);
@@ -157,9 +161,10 @@ int main(int argc, char** argv) {
     std::printf("%s\n", setup.name.c_str());
     std::fflush(stdout);
     const Figures base = MeasureInChild(setup, "full", batch, steps);
-    for (const std::string mode : {"full", "emulator", "emulator+lora", "emulator+top-only"}) {
+    for (const std::string mode : {"full", "emulator", "emulator+lora", "emulator+top-only",
+                                   "emulator+recompute", "emulator+lora+recompute"}) {
       const Figures f = mode == "full" ? base : MeasureInChild(setup, mode, batch, steps);
-      std::printf("  %-17s %7.2f steps/s (x%.2f)  peak %7.1f MiB (x%.2f)  trainable %lld\n",
+      std::printf("  %-23s %7.2f steps/s (x%.2f)  peak %7.1f MiB (x%.2f)  trainable %lld\n",
                   mode.c_str(), f.steps_per_s, f.steps_per_s / base.steps_per_s, f.peak_mib,
                   f.peak_mib / base.peak_mib, static_cast<long long>(f.trainable));
     }

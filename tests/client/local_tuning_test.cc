@@ -296,6 +296,15 @@ TEST_F(LocalTuningTest, CliTunesOfflineAndWritesTheAdapter) {
   EXPECT_THAT(out, HasSubstr("\"ot_emulator_perplexity\""));
   EXPECT_THAT(out, HasSubstr(kPackageId));
   EXPECT_TRUE(FileExists(dir_ + "/" + kAdapterFileName));
+  EXPECT_THAT(out, HasSubstr("\"recompute_emulator\": false"));
+
+  out.clear();
+  ASSERT_EQ(RunClient("offsite tune " + dir_ + " --data " + text_path_ +
+                          " --steps 2 --batch-size 4 --seed 2 --recompute-emulator --json",
+                      &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("\"recompute_emulator\": true"));
 
   out.clear();
   EXPECT_EQ(RunClient("offsite tune " + dir_ + " --data " + text_path_ + " --server x:1", &out), 2)

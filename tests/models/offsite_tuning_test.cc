@@ -6,12 +6,14 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/data_parallel.h"
 #include "common/sha256.h"
+#include "models/gpt.h"
 #include "models/model_arch.h"
 #include "tests/util/bpe_files.h"
 #include "tests/util/server_process.h"
@@ -304,6 +306,109 @@ TEST(OffsiteTuningTest, PrepareForTuningTrainsOnlyTheChosenAdapterTensors) {
   EXPECT_EQ(lora_tensors, 4 * 4 * 2);  // 4 adapter blocks x 4 linears x (A, B)
 }
 
+// One tuning step on a freshly opened package, the emulator's activations kept
+// or recomputed in the backward pass.
+struct TuningStep {
+  double loss = 0;
+  std::map<std::string, torch::Tensor> grads;  // Of the trainable tensors.
+  int64_t graph_nodes = 0;
+  int64_t recomputed_runs = 0;  // Graph nodes that recompute frozen blocks.
+  double next_random = 0;       // The RNG after the step: later dropout is unchanged.
+};
+
+TuningStep OneTuningStep(BlockModelImpl& model, const torch::Tensor& input,
+                         const torch::Tensor& target) {
+  model.train();
+  torch::manual_seed(7);
+  torch::Tensor loss = TaskLoss(model.forward(input), target);
+  TuningStep step;
+  step.loss = loss.item<double>();
+  std::set<torch::autograd::Node*> seen;
+  std::vector<torch::autograd::Node*> stack = {loss.grad_fn().get()};
+  while (!stack.empty()) {
+    torch::autograd::Node* node = stack.back();
+    stack.pop_back();
+    if (node == nullptr || !seen.insert(node).second) continue;
+    step.recomputed_runs += node->name().find("RecomputedBlocks") != std::string::npos;
+    for (const torch::autograd::Edge& edge : node->next_edges()) {
+      stack.push_back(edge.function.get());
+    }
+  }
+  step.graph_nodes = static_cast<int64_t>(seen.size());
+  loss.backward();
+  for (const auto& item : model.named_parameters()) {
+    if (item.value().requires_grad()) step.grads[item.key()] = item.value().grad().clone();
+  }
+  step.next_random = torch::rand({1}).item<double>();
+  return step;
+}
+
+// The same step on a freshly opened package, prepared for tuning.
+TuningStep OneTuningStep(const Built& built, const torch::Tensor& input,
+                         const torch::Tensor& target, bool recompute) {
+  OpenedPackage opened = OpenPackage(built.file).value();
+  TuneOptions options;
+  options.recompute_emulator = recompute;
+  PrepareForTuning(opened.manifest, *opened.emulator, options);
+  return OneTuningStep(*opened.emulator, input, target);
+}
+
+void ExpectSameStep(const TuningStep& kept, const TuningStep& recomputed) {
+  EXPECT_DOUBLE_EQ(recomputed.loss, kept.loss);
+  ASSERT_EQ(recomputed.grads.size(), kept.grads.size());
+  for (const auto& [name, grad] : kept.grads) {
+    ASSERT_TRUE(recomputed.grads.count(name)) << name;
+    EXPECT_TRUE(torch::allclose(recomputed.grads.at(name), grad, 1e-5, 1e-7)) << name;
+  }
+  EXPECT_EQ(recomputed.next_random, kept.next_random);
+  // The frozen middle is one node that keeps only its input, not its graph.
+  EXPECT_EQ(kept.recomputed_runs, 0);
+  EXPECT_EQ(recomputed.recomputed_runs, 1);
+  EXPECT_LT(recomputed.graph_nodes, kept.graph_nodes);
+}
+
+TEST(OffsiteTuningTest, RecomputedEmulatorGivesTheSameGradients) {
+  const v1::ModelArch arch = TinyGpt();
+  auto full = DistinctModel(arch);
+  const Built built = BuildPackage(arch, *full, 2, 2, 1);
+  torch::manual_seed(3);
+  const torch::Tensor ids = torch::randint(0, 256, {3, 16}, torch::kLong);
+  const torch::Tensor next = torch::randint(0, 256, {3, 16}, torch::kLong);
+  ExpectSameStep(OneTuningStep(built, ids, next, false), OneTuningStep(built, ids, next, true));
+}
+
+TEST(OffsiteTuningTest, RecomputedFrozenBlocksReplayTheirDropoutMasks) {
+  GptConfig config;
+  config.n_layer = 6;
+  config.n_embd = 32;
+  config.n_head = 2;
+  config.n_positions = 16;
+  config.dropout = 0.2;
+  auto make = [&](bool recompute) {
+    torch::manual_seed(1);
+    Gpt model(config);
+    SetTrainableBlocks(*model, {0, 1, 4, 5});
+    model->set_recompute_frozen_blocks(recompute);
+    return model;
+  };
+  torch::manual_seed(3);
+  const torch::Tensor ids = torch::randint(0, 256, {3, 16}, torch::kLong);
+  const torch::Tensor next = torch::randint(0, 256, {3, 16}, torch::kLong);
+  Gpt kept = make(false), recomputed = make(true);
+  ExpectSameStep(OneTuningStep(*kept, ids, next), OneTuningStep(*recomputed, ids, next));
+}
+
+TEST(OffsiteTuningTest, RecomputedEmulatorGivesTheSameGradientsAcrossADownsampling) {
+  const v1::ModelArch arch = TinyConvNext();  // Slot 2 starts a stage: downsampling inside.
+  auto full = DistinctModel(arch);
+  const Built built = BuildPackage(arch, *full, 1, 1, 2);
+  torch::manual_seed(3);
+  const torch::Tensor images = torch::randn({4, 1, 16, 16});
+  const torch::Tensor labels = torch::randint(0, 5, {4}, torch::kLong);
+  ExpectSameStep(OneTuningStep(built, images, labels, false),
+                 OneTuningStep(built, images, labels, true));
+}
+
 TEST(OffsiteTuningTest, InterruptedTrainingResumesFromItsCheckpointToTheSameModel) {
   const v1::ModelArch arch = TinyGpt(2);
   TaskTensors data;
@@ -459,8 +564,7 @@ TEST(OffsiteTuningTest, DataParallelTrainOnTwoProcessesMatchesOneProcess) {
     torch::Tensor logits;
     torch::load(logits, tmp.File(absl::StrCat("rank", rank, ".pt")));
     EXPECT_TRUE(torch::allclose(logits, expected, 1e-4, 1e-4))
-        << "rank " << rank << ": max difference "
-        << (logits - expected).abs().max().item<double>();
+        << "rank " << rank << ": max difference " << (logits - expected).abs().max().item<double>();
   }
 }
 
