@@ -422,7 +422,7 @@ absl::Status CheckPix2SeqArch(const v1::Pix2SeqArch& arch, const std::string& fi
 }  // namespace
 
 v1::SceneData ResolveSceneData(v1::SceneData scenes) {
-  if (scenes.train_scenes() == 0) scenes.set_train_scenes(4000);
+  if (scenes.train_scenes() == 0) scenes.set_train_scenes(20000);
   if (scenes.test_scenes() == 0) scenes.set_test_scenes(500);
   if (scenes.canvas_size() == 0) scenes.set_canvas_size(64);
   if (scenes.min_objects() == 0) scenes.set_min_objects(1);

@@ -13,13 +13,15 @@
 //
 //   reward_tuning_experiment [--seed N] [--threads N] [--out DIR]
 //       [--train-scenes N] [--test-scenes N] [--canvas PX] [--max-objects N]
-//       [--mle-epochs N] [--mle-cache FILE]
+//       [--max-boxes N] [--mle-epochs N] [--mle-batch N] [--mle-lr X] [--mle-cache FILE]
 //       [--rl-steps N] [--rl-lr X] [--rl-batch N] [--samples N] [--eval-every N]
 //       [--duplicate-weight X] [--skip-detection] [--skip-classifier]
 //       [--cls-train N] [--cls-epochs N] [--cls-steps N] [--cls-lr X]
 //
 // --mle-cache reuses (or writes) the MLE detector, so the tuning stage can be
-// rerun alone.
+// rerun alone. --max-boxes lets the decoder emit more boxes than a scene holds
+// (Pix2Seq emits up to 100 on COCO), room for the extra guesses reward tuning
+// is known to add.
 
 #include <torch/torch.h>
 
@@ -51,11 +53,12 @@ struct Args {
   uint64_t seed = 0;
   int threads = 0;
   std::string out = ".";
-  int64_t train_scenes = 2000;
-  int64_t test_scenes = 300;
+  int64_t train_scenes = 60000;
+  int64_t test_scenes = 1000;
   int64_t canvas = 32;
   int64_t max_objects = 3;
-  int64_t mle_epochs = 45;
+  int64_t max_boxes = 0;  // 0: max_objects, the job's choice.
+  int64_t mle_epochs = 10;
   int64_t mle_batch = 16;
   double mle_lr = 1e-3;
   std::string mle_cache;
@@ -199,8 +202,9 @@ void RunDetection(const Args& args) {
   arch.set_decoder_width(64);
   arch.set_decoder_heads(4);
   arch.set_coordinate_bins(static_cast<int32_t>(args.canvas));
-  const Pix2SeqConfig config =
+  Pix2SeqConfig config =
       Value(ResolvePix2SeqConfig(arch, scene_spec, data.num_classes, "arch"));
+  if (args.max_boxes > 0) config.max_objects = args.max_boxes;
   const RewardFn reward = Value(MakeReward("detection", [&] {
     RewardOptions options;
     options.detection.duplicate_weight = args.duplicate_weight;
@@ -453,6 +457,8 @@ int main(int argc, char** argv) {
       args.canvas = std::atoll(value.c_str());
     else if (flag == "--max-objects")
       args.max_objects = std::atoll(value.c_str());
+    else if (flag == "--max-boxes")
+      args.max_boxes = std::atoll(value.c_str());
     else if (flag == "--mle-epochs")
       args.mle_epochs = std::atoll(value.c_str());
     else if (flag == "--mle-batch")

@@ -180,6 +180,17 @@ TEST(RewardTuningSpecTest, BadRewardTuneSpecsAreRejectedNamingFieldAndValue) {
               HasSubstr("reward_tune.scenes.canvas_size: -8"));
 }
 
+TEST_F(RewardTuningJobsTest, UnsetSceneFieldsTakeTheDocumentedDefaults) {
+  const v1::SceneData scenes = ResolveSceneData(v1::SceneData());
+  EXPECT_EQ(scenes.train_scenes(), 20000);  // Scenes before epochs (docs/reward_tuning.md).
+  EXPECT_EQ(scenes.test_scenes(), 500);
+  EXPECT_EQ(scenes.canvas_size(), 64);
+  EXPECT_EQ(scenes.min_objects(), 1);
+  EXPECT_EQ(scenes.max_objects(), 4);
+  EXPECT_DOUBLE_EQ(scenes.min_scale(), 0.5);
+  EXPECT_DOUBLE_EQ(scenes.max_scale(), 1.0);
+}
+
 TEST_F(RewardTuningJobsTest, ScenesComeFromTheirSplitsDeterministically) {
   v1::SceneData spec = TinyMleSpec().detection_mle().scenes();
   spec = ResolveSceneData(spec);
