@@ -15,13 +15,17 @@
 //       [--train-scenes N] [--test-scenes N] [--canvas PX] [--max-objects N]
 //       [--max-boxes N] [--mle-epochs N] [--mle-batch N] [--mle-lr X] [--mle-cache FILE]
 //       [--rl-steps N] [--rl-lr X] [--rl-batch N] [--samples N] [--eval-every N]
+//       [--save-tuned FILE] [--rl-first-step N]
 //       [--duplicate-weight X] [--skip-detection] [--skip-classifier]
 //       [--cls-train N] [--cls-epochs N] [--cls-steps N] [--cls-lr X]
 //
 // --mle-cache reuses (or writes) the MLE detector, so the tuning stage can be
 // rerun alone. --max-boxes lets the decoder emit more boxes than a scene holds
 // (Pix2Seq emits up to 100 on COCO), room for the extra guesses reward tuning
-// is known to add.
+// is known to add. --save-tuned writes the reward-tuned detector; to continue
+// tuning, pass that file as --mle-cache and the steps done as --rl-first-step,
+// so batches and samples continue the same random streams (steps in the log
+// and the plot count from the continuation's start).
 
 #include <torch/torch.h>
 
@@ -63,6 +67,8 @@ struct Args {
   double mle_lr = 1e-3;
   std::string mle_cache;
   int64_t rl_steps = 300;
+  int64_t rl_first_step = 0;
+  std::string save_tuned;
   double rl_lr = 3e-5;
   int64_t rl_batch = 16;
   int64_t samples = 8;
@@ -270,7 +276,8 @@ void RunDetection(const Args& args) {
   const int64_t n = data.train.images.size(0);
   t0 = Now();
   for (int64_t step = 0; step < args.rl_steps; ++step) {
-    at::Generator generator = at::detail::createCPUGenerator(args.seed * 1000003 + step);
+    at::Generator generator =
+        at::detail::createCPUGenerator(args.seed * 1000003 + args.rl_first_step + step);
     const torch::Tensor index =
         torch::randperm(n, generator, torch::kLong).slice(0, 0, std::min(n, args.rl_batch));
     std::vector<std::vector<Box>> truth;
@@ -301,6 +308,11 @@ void RunDetection(const Args& args) {
     }
   }
   const double rl_seconds = Now() - t0;
+  if (!args.save_tuned.empty()) {
+    torch::serialize::OutputArchive archive;
+    Check(SavePix2Seq(*model, archive));
+    Check(WriteArchiveFile(archive, args.save_tuned));
+  }
   const DetectorEvaluation after = Value(EvaluateDetector(*model, data.test, reward));
 
   std::printf("\nDetection, %lld test scenes (greedy decoding), seed %llu\n",
@@ -469,6 +481,10 @@ int main(int argc, char** argv) {
       args.mle_cache = value;
     else if (flag == "--rl-steps")
       args.rl_steps = std::atoll(value.c_str());
+    else if (flag == "--rl-first-step")
+      args.rl_first_step = std::atoll(value.c_str());
+    else if (flag == "--save-tuned")
+      args.save_tuned = value;
     else if (flag == "--rl-lr")
       args.rl_lr = std::atof(value.c_str());
     else if (flag == "--rl-batch")
