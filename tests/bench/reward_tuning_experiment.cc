@@ -24,8 +24,9 @@
 // (Pix2Seq emits up to 100 on COCO), room for the extra guesses reward tuning
 // is known to add. --save-tuned writes the reward-tuned detector; to continue
 // tuning, pass that file as --mle-cache and the steps done as --rl-first-step,
-// so batches and samples continue the same random streams (steps in the log
-// and the plot count from the continuation's start).
+// so batches and samples continue the same random streams (AdamW's moments
+// start afresh; steps in the log and the plot count from the continuation's
+// start).
 
 #include <torch/torch.h>
 
