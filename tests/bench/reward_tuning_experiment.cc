@@ -100,6 +100,13 @@ T Value(absl::StatusOr<T> value) {
   return *std::move(value);
 }
 
+// The MLE cache and --save-tuned files: a detector --mle-cache can read back.
+void WriteDetector(Pix2SeqImpl& model, const std::string& path) {
+  torch::serialize::OutputArchive archive;
+  Check(SavePix2Seq(model, archive));
+  Check(WriteArchiveFile(archive, path));
+}
+
 void PrintDetection(const char* name, const DetectorEvaluation& e) {
   std::printf("| %-22s | %6.1f | %6.1f | %6.1f | %6.1f | %7.3f | %5.2f |\n", name,
               100 * e.metrics.map, 100 * e.metrics.map50, 100 * e.metrics.recall,
@@ -258,9 +265,7 @@ void RunDetection(const Args& args) {
                 static_cast<long long>(args.mle_epochs), static_cast<long long>(steps_per_epoch),
                 static_cast<long long>(args.mle_batch), args.mle_lr, Now() - t0);
     if (!args.mle_cache.empty()) {
-      torch::serialize::OutputArchive archive;
-      Check(SavePix2Seq(*model, archive));
-      Check(WriteArchiveFile(archive, args.mle_cache));
+      WriteDetector(*model, args.mle_cache);
     }
   }
   t0 = Now();
@@ -310,9 +315,7 @@ void RunDetection(const Args& args) {
   }
   const double rl_seconds = Now() - t0;
   if (!args.save_tuned.empty()) {
-    torch::serialize::OutputArchive archive;
-    Check(SavePix2Seq(*model, archive));
-    Check(WriteArchiveFile(archive, args.save_tuned));
+    WriteDetector(*model, args.save_tuned);
   }
   const DetectorEvaluation after = Value(EvaluateDetector(*model, data.test, reward));
 
