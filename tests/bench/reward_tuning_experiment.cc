@@ -216,8 +216,7 @@ void RunDetection(const Args& args) {
   arch.set_decoder_width(64);
   arch.set_decoder_heads(4);
   arch.set_coordinate_bins(static_cast<int32_t>(args.canvas));
-  Pix2SeqConfig config =
-      Value(ResolvePix2SeqConfig(arch, scene_spec, data.num_classes, "arch"));
+  Pix2SeqConfig config = Value(ResolvePix2SeqConfig(arch, scene_spec, data.num_classes, "arch"));
   if (args.max_boxes > 0) config.max_objects = args.max_boxes;
   const RewardFn reward = Value(MakeReward("detection", [&] {
     RewardOptions options;
