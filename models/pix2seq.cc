@@ -87,10 +87,15 @@ SampledSequences Generate(Pix2SeqImpl& model, const torch::Tensor& images, int64
   torch::Tensor inputs = torch::full({m, 1}, tokenizer.bos(), long_options);
   torch::Tensor finished = torch::zeros({m}, long_options.dtype(torch::kBool));
   std::vector<torch::Tensor> tokens, masks, log_probs;
+  // confidences[t]: the head's output at the position whose input is output
+  // token t (read one step later).
+  std::vector<torch::Tensor> confidences;
   for (int64_t step = 0; step < limit; ++step) {
     // The whole prefix each step: sequences are at most 21 tokens, so a KV
     // cache would save little and add state.
-    const torch::Tensor logits = model.Decode(memory, inputs).select(1, step);
+    const DecoderOutput decoded = model.DecodeWithConfidence(memory, inputs);
+    if (step > 0) confidences.push_back(decoded.confidence.select(1, step).sigmoid());
+    const torch::Tensor logits = decoded.logits.select(1, step);
     const torch::Tensor logp = (logits.to(torch::kFloat) / temperature).log_softmax(-1);
     torch::Tensor next =
         generator.has_value()
@@ -111,6 +116,10 @@ SampledSequences Generate(Pix2SeqImpl& model, const torch::Tensor& images, int64
   out.mask = torch::stack(masks, 1);
   out.token_log_probs = torch::stack(log_probs, 1);
   out.log_prob = out.token_log_probs.sum(1);
+  while (confidences.size() < tokens.size()) {
+    confidences.push_back(torch::full({m}, 0.5, memory.options().dtype(torch::kFloat)));
+  }
+  out.box_confidence = torch::stack(confidences, 1).to(torch::kFloat);
   return out;
 }
 
@@ -219,6 +228,7 @@ Pix2SeqImpl::Pix2SeqImpl(Pix2SeqConfig config)
   }
   ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c})));
   head_ = register_module("head", torch::nn::Linear(c, vocab_size()));
+  confidence_ = register_module("confidence", torch::nn::Linear(c, 1));
 
   // The encoder initialised itself; the rest as ConvNeXt V2 / GPT-2.
   InitConvNextV2Weights(*enc_proj_);
@@ -229,6 +239,8 @@ Pix2SeqImpl::Pix2SeqImpl(Pix2SeqConfig config)
     enc_pos_.normal_(0.0, 0.02);
     tok_emb_->weight.normal_(0.0, 0.02);
     pos_emb_->weight.normal_(0.0, 0.02);
+    confidence_->weight.zero_();
+    confidence_->bias.zero_();
   }
   allowed_ = GrammarMask(tokenizer_, config_.max_objects, config_.constrain_grammar);
 }
@@ -243,6 +255,11 @@ torch::Tensor Pix2SeqImpl::Encode(const torch::Tensor& images) {
 }
 
 torch::Tensor Pix2SeqImpl::Decode(const torch::Tensor& memory, const torch::Tensor& input_tokens) {
+  return DecodeWithConfidence(memory, input_tokens).logits;
+}
+
+DecoderOutput Pix2SeqImpl::DecodeWithConfidence(const torch::Tensor& memory,
+                                                const torch::Tensor& input_tokens) {
   TORCH_CHECK(memory.dim() == 3 && memory.size(2) == config_.n_embd, "memory must be (N, S, ",
               config_.n_embd, "), got ", memory.sizes());
   TORCH_CHECK(input_tokens.dim() == 2 && input_tokens.size(0) == memory.size(0),
@@ -255,9 +272,11 @@ torch::Tensor Pix2SeqImpl::Decode(const torch::Tensor& memory, const torch::Tens
   torch::Tensor x =
       torch::dropout(tok_emb_(input_tokens) + pos_emb_(positions), config_.dropout, is_training());
   for (const auto& block : *blocks_) x = block->as<Pix2SeqDecoderBlock>()->forward(x, memory);
-  const torch::Tensor logits = head_(ln_f_(x));
+  const torch::Tensor features = ln_f_(x);
+  const torch::Tensor logits = head_(features);
   const torch::Tensor allowed = allowed_.slice(0, 0, t).to(logits.device());
-  return logits.masked_fill(allowed.logical_not(), kMaskedLogit);
+  return {logits.masked_fill(allowed.logical_not(), kMaskedLogit),
+          confidence_(features).squeeze(-1)};
 }
 
 torch::Tensor Pix2SeqImpl::forward(const torch::Tensor& images, const torch::Tensor& input_tokens) {
@@ -341,6 +360,13 @@ std::vector<std::vector<ScoredBox>> DecodeScoredBoxes(const BoxTokenizer& tokeni
   TORCH_CHECK(tokens.dim() == 2 && log_probs.sizes() == tokens.sizes(),
               "tokens and token_log_probs must be (M, T) alike, got ", tokens.sizes(), " and ",
               log_probs.sizes());
+  const bool has_confidence = sequences.box_confidence.defined();
+  const torch::Tensor confidence =
+      has_confidence ? sequences.box_confidence.to(torch::kCPU).to(torch::kFloat).contiguous()
+                     : torch::Tensor();
+  TORCH_CHECK(!has_confidence || confidence.sizes() == tokens.sizes(),
+              "box_confidence must be shaped like tokens ", tokens.sizes(), ", got ",
+              confidence.sizes());
   const int64_t* ids = tokens.data_ptr<int64_t>();
   const float* logp = log_probs.data_ptr<float>();
   const int64_t t = tokens.size(1);
@@ -352,7 +378,9 @@ std::vector<std::vector<ScoredBox>> DecodeScoredBoxes(const BoxTokenizer& tokeni
     for (size_t j = 0; j < boxes.size(); ++j) {
       const int64_t class_position =
           i * t + first + BoxTokenizer::kTokensPerObject * static_cast<int64_t>(j) + 4;
-      out[i].push_back(ScoredBox{boxes[j], std::exp(static_cast<double>(logp[class_position]))});
+      double score = std::exp(static_cast<double>(logp[class_position]));
+      if (has_confidence) score *= confidence.data_ptr<float>()[class_position];
+      out[i].push_back(ScoredBox{boxes[j], score});
     }
   }
   return out;

@@ -16,6 +16,17 @@
 //                  x = x + cross_attn(ln_2(x), memory)
 //                  x = x + mlp(ln_3(x))                      (C -> 4C -> C, GELU)
 //             -> ln_f -> Linear(C -> vocab)                        = logits (N, T, V)
+//                     -> Linear(C -> 1)                            = confidence (N, T)
+//
+// The confidence head is big_vision's confidence token for reward tuning: at
+// the decoder position whose input is a box's class token (the position that
+// predicts what follows the box), sigmoid(confidence) is the box's predicted
+// IoU with its object (0 for a box of the wrong class or overlapping no object
+// by IoU 0.5). MLE leaves it untouched; reward tuning trains it on the model's
+// own samples (DetectorReinforceStep), and it ranks boxes for mAP together
+// with the class-token probability (DecodeScoredBoxes). It starts at zero, so
+// an untuned detector predicts 0.5 for every box and ranks by the class token
+// alone, as Pix2Seq does.
 //
 // The default configuration: 64x64 one-channel canvases; a ConvNeXt V2 stem of
 // stride 4 and two stages (depths {2, 2}, dims {64, 128}), so the memory is an
@@ -138,11 +149,18 @@ class Pix2SeqDecoderBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Pix2SeqDecoderBlock);
 
+// What the decoder computes for N input sequences of length T.
+struct DecoderOutput {
+  torch::Tensor logits;      // (N, T, V): logits[:, t] predicts output token t.
+  torch::Tensor confidence;  // (N, T): the confidence head's logit at each position.
+};
+
 // The detector. Parameter names: "encoder.*" (ConvNextV2's names), "enc_pos"
 // (1, S, D), "enc_proj.*", "enc_norm.*" (over n_embd), "tok_emb.weight" (V, C),
-// "pos_emb.weight" (max_len, C), "blocks.<i>.*", "ln_f.*", "head.*".
-// Initialised as ConvNeXt V2 / GPT-2: Linear, embedding and position weights
-// normal(0, 0.02), biases zero, LayerNorms 1 / 0.
+// "pos_emb.weight" (max_len, C), "blocks.<i>.*", "ln_f.*", "head.*",
+// "confidence.*". Initialised as ConvNeXt V2 / GPT-2: Linear, embedding and
+// position weights normal(0, 0.02), biases zero, LayerNorms 1 / 0; the
+// confidence head all zero.
 class Pix2SeqImpl : public torch::nn::Module {
  public:
   // The config must be valid (see ValidatePix2SeqConfig); an invalid one
@@ -157,6 +175,10 @@ class Pix2SeqImpl : public torch::nn::Module {
   // logits[:, t] predicts output token t and depends only on input tokens
   // <= t. Grammar-excluded tokens get kMaskedLogit.
   torch::Tensor Decode(const torch::Tensor& memory, const torch::Tensor& input_tokens);
+
+  // Decode's logits and the confidence head's logits from one pass.
+  DecoderOutput DecodeWithConfidence(const torch::Tensor& memory,
+                                     const torch::Tensor& input_tokens);
 
   // Decode(Encode(images), input_tokens).
   torch::Tensor forward(const torch::Tensor& images, const torch::Tensor& input_tokens);
@@ -182,6 +204,7 @@ class Pix2SeqImpl : public torch::nn::Module {
   torch::nn::ModuleList blocks_{nullptr};
   torch::nn::LayerNorm ln_f_{nullptr};
   torch::nn::Linear head_{nullptr};
+  torch::nn::Linear confidence_{nullptr};
   torch::Tensor allowed_;  // (max_len, V) bool: the grammar; not a buffer, never saved.
 };
 TORCH_MODULE(Pix2Seq);
@@ -218,6 +241,10 @@ struct SampledSequences {
   at::Tensor mask;             // (M, T) float: 1 up to and including EOS, 0 after.
   at::Tensor token_log_probs;  // (M, T) float: log-prob of each token, 0 under mask 0.
   at::Tensor log_prob;         // (M) float: token_log_probs summed.
+  // (M, T) float: at each class token, its box's predicted IoU (the sigmoid
+  // of the confidence head at the next position; 0.5 for a class token that
+  // ends a sequence cut at max_len). Meaningless at other tokens.
+  at::Tensor box_confidence;
 };
 
 // K = samples_per_image sequences per image by ancestral sampling from
@@ -245,8 +272,9 @@ at::Tensor ScoreSequences(Pix2SeqImpl& model, const at::Tensor& images, const at
                           const at::Tensor& mask, double temperature = 1.0);
 
 // The boxes of each sequence (BoxTokenizer::Decode: whole groups up to EOS),
-// each scored by the probability of its class token, as Pix2Seq does:
-// exp(token_log_probs) at the group's fifth token. For ranking predictions in
+// each scored by the probability of its class token (Pix2Seq's score:
+// exp(token_log_probs) at the group's fifth token) times its box_confidence,
+// when the sequences have one. For ranking predictions in
 // ComputeDetectionMetrics; RewardInput takes the boxes alone (see DecodeBoxes).
 std::vector<std::vector<ScoredBox>> DecodeScoredBoxes(const BoxTokenizer& tokenizer,
                                                       const SampledSequences& sequences);

@@ -7,6 +7,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "models/block_model.h"
@@ -117,15 +118,17 @@ absl::StatusOr<Pix2Seq> LoadPix2Seq(torch::serialize::InputArchive& archive) {
         absl::StrCat("not a Pix2Seq detector: format is \"",
                      format.isString() ? format.toStringRef() : format.tagKind(), "\""));
   }
-  if (!version.isInt() || version.toInt() != kPix2SeqFormatVersion) {
+  if (!version.isInt() || version.toInt() < 1 || version.toInt() > kPix2SeqFormatVersion) {
     return absl::InvalidArgumentError(
         absl::StrCat("Pix2Seq detector version ", version.isInt() ? version.toInt() : -1,
-                     " is not the supported ", kPix2SeqFormatVersion));
+                     " is not one of the supported 1..", kPix2SeqFormatVersion));
   }
+  const bool has_confidence_head = version.toInt() >= 2;
   OFFSITE_ASSIGN_OR_RETURN(Pix2SeqConfig config, ReadConfig(archive));
   OFFSITE_ASSIGN_OR_RETURN(Pix2Seq model, MakePix2Seq(config));
   std::vector<NamedTensor> tensors = NamedTensorsOf(*model);
   for (NamedTensor& tensor : tensors) {
+    if (!has_confidence_head && absl::StartsWith(tensor.name, "confidence.")) continue;
     torch::Tensor stored;
     if (!archive.try_read(kTensorPrefix + tensor.name, stored)) {
       return absl::InvalidArgumentError(
@@ -169,7 +172,8 @@ absl::StatusOr<double> DetectorMleStep(Pix2SeqImpl& model, torch::optim::Optimiz
 }
 
 absl::StatusOr<DetectorEvaluation> EvaluateDetector(Pix2SeqImpl& model, const Scenes& scenes,
-                                                    const RewardFn& reward, int64_t batch_size) {
+                                                    const RewardFn& reward, int64_t batch_size,
+                                                    BoxRanking ranking) {
   const int64_t n = scenes.images.size(0);
   if (static_cast<int64_t>(scenes.objects.size()) != n || batch_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat("EvaluateDetector: ", n, " images, ",
@@ -183,6 +187,7 @@ absl::StatusOr<DetectorEvaluation> EvaluateDetector(Pix2SeqImpl& model, const Sc
   for (int64_t start = 0; start < n; start += batch_size) {
     const int64_t end = std::min(n, start + batch_size);
     SampledSequences greedy = Greedy(model, scenes.images.slice(0, start, end));
+    if (ranking == BoxRanking::kClassOnly) greedy.box_confidence = at::Tensor();
     std::vector<std::vector<ScoredBox>> scored = DecodeScoredBoxes(model.tokenizer(), greedy);
     for (int64_t i = start; i < end; ++i) {
       std::vector<Box> boxes;
@@ -273,10 +278,11 @@ absl::StatusOr<ReinforceStepStats> DetectorReinforceStep(
     const ReinforceOptions& options, at::Generator generator, const GradientSync& sync) {
   const int64_t n = images.size(0);
   const int64_t k = options.samples_per_input;
-  if (static_cast<int64_t>(truth.size()) != n || k < 2 || !(options.temperature > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat("DetectorReinforceStep: ", n, " images, ",
-                                                   truth.size(), " box lists, K ", k,
-                                                   ", temperature ", options.temperature));
+  if (static_cast<int64_t>(truth.size()) != n || k < 2 || !(options.temperature > 0) ||
+      !(options.confidence_weight >= 0) || !std::isfinite(options.confidence_weight)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DetectorReinforceStep: ", n, " images, ", truth.size(), " box lists, K ", k,
+        ", temperature ", options.temperature, ", confidence weight ", options.confidence_weight));
   }
   model.train();
   SampledSequences samples = Sample(model, images, k, options.temperature, generator);
@@ -290,14 +296,43 @@ absl::StatusOr<ReinforceStepStats> DetectorReinforceStep(
   const torch::Tensor advantages =
       LeaveOneOutAdvantages(reward_tensor).reshape({-1}).to(images.device());
 
+  // Confidence targets at the decoder input position of each box's class
+  // token (output 5b + 4, input 5b + 5), where the head reads the whole box.
+  const int64_t length = samples.tokens.size(1);
+  torch::Tensor iou_target = torch::zeros({n * k, length});
+  torch::Tensor iou_mask = torch::zeros({n * k, length});
+  {
+    auto target = iou_target.accessor<float, 2>();
+    auto target_mask = iou_mask.accessor<float, 2>();
+    for (int64_t m = 0; m < n * k; ++m) {
+      const std::vector<double> ious = MatchIous(boxes[m], truth[m / k]);
+      for (size_t b = 0; b < ious.size(); ++b) {
+        const int64_t position = BoxTokenizer::kTokensPerObject * static_cast<int64_t>(b + 1);
+        if (position >= length) break;
+        target[m][position] = static_cast<float>(ious[b]);
+        target_mask[m][position] = 1;
+      }
+    }
+  }
+
   // One encoder pass per image; its memory serves the image's K sequences.
   const torch::Tensor tokens = samples.tokens.to(images.device());
   const torch::Tensor mask = samples.mask.to(images.device());
   torch::Tensor memory = model.Encode(images).repeat_interleave(k, /*dim=*/0);
-  torch::Tensor logits = model.Decode(memory, ShiftRight(model, tokens));
+  const DecoderOutput decoded = model.DecodeWithConfidence(memory, ShiftRight(model, tokens));
+  torch::Tensor logits = decoded.logits;
   if (options.temperature != 1.0) logits = logits / options.temperature;
   const torch::Tensor log_prob = SequenceLogProb(logits, tokens, mask);
   torch::Tensor loss = ReinforceLoss(advantages, log_prob);
+  // Cross-entropy of the predicted IoU against the matched IoU (a soft label).
+  iou_target = iou_target.to(images.device());
+  iou_mask = iou_mask.to(images.device());
+  const torch::Tensor confidence_nll =
+      -(iou_target * torch::log_sigmoid(decoded.confidence) +
+        (1 - iou_target) * torch::log_sigmoid(-decoded.confidence));
+  const torch::Tensor confidence_loss =
+      (confidence_nll * iou_mask).sum() / iou_mask.sum().clamp_min(1);
+  if (options.confidence_weight > 0) loss = loss + options.confidence_weight * confidence_loss;
   optimizer.zero_grad();
   loss.backward();
   OFFSITE_RETURN_IF_ERROR(SyncGradients(sync, OptimizedParameters(optimizer)));
@@ -308,6 +343,7 @@ absl::StatusOr<ReinforceStepStats> DetectorReinforceStep(
   stats.entropy = MeanTokenEntropy(logits.detach(), mask).item<double>();
   stats.mean_length = mask.sum().item<double>() / static_cast<double>(n * k);
   stats.loss = loss.item<double>();
+  stats.confidence_loss = confidence_loss.item<double>();
   return stats;
 }
 

@@ -42,7 +42,9 @@ namespace offsite {
 // Detector archives.
 
 inline constexpr char kPix2SeqFormat[] = "offsite_pix2seq";
-inline constexpr int64_t kPix2SeqFormatVersion = 1;
+// Version 2 added the confidence head; version 1 detectors still load, with
+// the head at its zero start.
+inline constexpr int64_t kPix2SeqFormatVersion = 2;
 
 // Writes the format tag and version, the whole Pix2SeqConfig and every
 // parameter and buffer of `model` into `archive` (the caller writes the file,
@@ -72,18 +74,23 @@ absl::StatusOr<double> DetectorMleStep(Pix2SeqImpl& model, torch::optim::Optimiz
 // ---------------------------------------------------------------------------
 // Evaluation.
 
+// How EvaluateDetector ranks boxes for mAP.
+enum class BoxRanking {
+  kClassAndConfidence,  // P(class token) x predicted IoU (DecodeScoredBoxes).
+  kClassOnly,           // P(class token), Pix2Seq's score: the confidence head ablated.
+};
+
 struct DetectorEvaluation {
-  // COCO-style metrics of greedy decoding, boxes ranked by the probability of
-  // their class token.
+  // COCO-style metrics of greedy decoding, boxes ranked as asked.
   DetectionMetrics metrics;
   double mean_reward = 0;  // `reward` of the greedy boxes, averaged over scenes.
   double mean_length = 0;  // Output tokens per scene, the EOS included.
 };
 
 // Greedy decoding of every scene in eval mode without autograd, in batches.
-absl::StatusOr<DetectorEvaluation> EvaluateDetector(Pix2SeqImpl& model, const Scenes& scenes,
-                                                    const RewardFn& reward,
-                                                    int64_t batch_size = 100);
+absl::StatusOr<DetectorEvaluation> EvaluateDetector(
+    Pix2SeqImpl& model, const Scenes& scenes, const RewardFn& reward, int64_t batch_size = 100,
+    BoxRanking ranking = BoxRanking::kClassAndConfidence);
 
 // A classifier as REINFORCE sees it: images (N, ...) -> logits (N, C).
 using LogitsFn = std::function<at::Tensor(const at::Tensor&)>;
@@ -122,22 +129,29 @@ struct ReinforceOptions {
   double temperature = 1.0;
   // Gradient-norm clipping; 0 disables it.
   double max_grad_norm = 1.0;
+  // Detectors: weight of the confidence loss added to the REINFORCE loss
+  // (big_vision's conf_w); 0 leaves the confidence head untrained.
+  double confidence_weight = 0.3;
 };
 
 struct ReinforceStepStats {
-  double mean_reward = 0;  // Over all N * K samples.
-  double entropy = 0;      // Mean next-token entropy (nats) at the sampled positions.
-  double mean_length = 0;  // Output tokens per sample (EOS included; 1 for a classifier).
-  double loss = 0;
-  double grad_norm = 0;  // Before clipping.
+  double mean_reward = 0;      // Over all N * K samples.
+  double entropy = 0;          // Mean next-token entropy (nats) at the sampled positions.
+  double mean_length = 0;      // Output tokens per sample (EOS included; 1 for a classifier).
+  double loss = 0;             // REINFORCE loss plus the weighted confidence loss.
+  double confidence_loss = 0;  // Detectors: mean cross-entropy of the predicted IoUs.
+  double grad_norm = 0;        // Before clipping.
 };
 
 // One REINFORCE step of a detector: K sequences per image by ancestral
 // sampling, each rewarded against truth[n] (boxes), advantages by
 // LeaveOneOutAdvantages, loss -mean(advantage * log P(sequence)) with the
 // log-prob rescored with gradient (one encoder pass per image), then clipping
-// and an optimizer step. images (N, 1, S, S); truth has N entries.
-// InvalidArgument for mismatched inputs or a reward that rejects boxes.
+// and an optimizer step. As in big_vision, the same pass teaches the
+// confidence head each sampled box's MatchIous (at 0.5) by a cross-entropy
+// averaged over the boxes, weighted by options.confidence_weight.
+// images (N, 1, S, S); truth has N entries. InvalidArgument for mismatched
+// inputs, a negative confidence weight or a reward that rejects boxes.
 absl::StatusOr<ReinforceStepStats> DetectorReinforceStep(
     Pix2SeqImpl& model, torch::optim::Optimizer& optimizer, const at::Tensor& images,
     const std::vector<std::vector<Box>>& truth, const RewardFn& reward,

@@ -134,6 +134,18 @@ DetectionRewardResult DetectionReward(const std::vector<Box>& predictions,
   return result;
 }
 
+std::vector<double> MatchIous(const std::vector<Box>& predictions, const std::vector<Box>& truth,
+                              double threshold) {
+  std::vector<double> out(predictions.size(), 0);
+  const std::vector<std::vector<double>> iou = ClassIous(predictions, truth);
+  for (size_t p = 0; p < predictions.size(); ++p) {
+    for (double value : iou[p]) {
+      if (value >= threshold - kIouSlack) out[p] = std::max(out[p], value);
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<DetectionMetrics> ComputeDetectionMetrics(
     const std::vector<std::vector<ScoredBox>>& predictions,
     const std::vector<std::vector<Box>>& truth) {

@@ -82,6 +82,13 @@ DetectionRewardResult DetectionReward(const std::vector<Box>& predictions,
                                       const std::vector<Box>& truth,
                                       const DetectionRewardOptions& options = {});
 
+// For each prediction, its IoU with the same-class truth it overlaps most when
+// that IoU is at least `threshold` (with the same slack as the reward), else 0:
+// the target of a detector's confidence head (big_vision's match_iou at its
+// correct_thr of 0.5). A duplicate gets its IoU too: it does overlap its object.
+std::vector<double> MatchIous(const std::vector<Box>& predictions, const std::vector<Box>& truth,
+                              double threshold = 0.5);
+
 // ---------------------------------------------------------------------------
 // Detection metrics (COCO style) over a set of images.
 

@@ -53,6 +53,8 @@ v1::RewardTuneSpec Resolved(v1::RewardTuneSpec spec) {
   if (spec.max_grad_norm() == 0) spec.set_max_grad_norm(1);
   if (spec.temperature() == 0) spec.set_temperature(1);
   if (spec.eval_every() == 0) spec.set_eval_every(50);
+  if (!spec.has_confidence_weight())
+    spec.set_confidence_weight(ReinforceOptions{}.confidence_weight);
   return spec;
 }
 
@@ -126,6 +128,7 @@ struct TuneTarget {
   torch::nn::Module* module = nullptr;
   std::unique_ptr<torch::optim::AdamW> optimizer;
   std::function<absl::Status(const std::string& work_dir, JobContext& ctx)> save_model;
+  bool detector = false;  // Detectors also report their confidence head's loss.
 };
 
 // The step loop of reward_tune: batches and samples drawn from (seed, step)
@@ -187,6 +190,7 @@ absl::Status RunTuneLoop(const v1::RewardTuneSpec& spec, TuneTarget& target, Job
     sum.mean_length += stats.mean_length;
     sum.loss += stats.loss;
     sum.grad_norm += stats.grad_norm;
+    sum.confidence_loss += stats.confidence_loss;
     ++count;
     const int64_t done = step + 1;
     ctx.ReportProgress("reward tuning", done, spec.steps());
@@ -198,6 +202,7 @@ absl::Status RunTuneLoop(const v1::RewardTuneSpec& spec, TuneTarget& target, Job
                                                {"output_length", sum.mean_length / count},
                                                {"loss", sum.loss / count},
                                                {"grad_norm", sum.grad_norm / count}};
+      if (target.detector) metrics["confidence_loss"] = sum.confidence_loss / count;
       sum = ReinforceStepStats();
       count = 0;
       if (eval_now) {
@@ -238,6 +243,7 @@ ReinforceOptions ToReinforceOptions(const v1::RewardTuneSpec& spec) {
   options.samples_per_input = spec.samples_per_input();
   options.temperature = spec.temperature();
   options.max_grad_norm = spec.max_grad_norm();
+  options.confidence_weight = spec.confidence_weight();
   return options;
 }
 
@@ -278,6 +284,7 @@ absl::Status TuneDetector(const v1::RewardTuneSpec& spec, Pix2Seq model,
   OFFSITE_ASSIGN_OR_RETURN(target.data_parallel, ConnectDataParallel(ctx));
   target.batch_size = batch;
   target.module = model.get();
+  target.detector = true;
   target.optimizer = MakeAdamW(*model, spec.learning_rate(), /*weight_decay=*/0, 0.999, false);
   target.step = [&](at::Generator generator) -> absl::StatusOr<ReinforceStepStats> {
     const torch::Tensor index =
@@ -416,6 +423,7 @@ absl::Status CheckPix2SeqArch(const v1::Pix2SeqArch& arch, const std::string& fi
   OFFSITE_RETURN_IF_ERROR(CheckRange(field + ".decoder_width", arch.decoder_width(), 0, 4096));
   OFFSITE_RETURN_IF_ERROR(CheckRange(field + ".decoder_heads", arch.decoder_heads(), 0, 64));
   OFFSITE_RETURN_IF_ERROR(CheckRange(field + ".coordinate_bins", arch.coordinate_bins(), 0, 4096));
+  OFFSITE_RETURN_IF_ERROR(CheckRange(field + ".max_boxes", arch.max_boxes(), 0, 1000));
   return CheckRange(field + ".dropout", arch.dropout(), 0, 0.9);
 }
 
@@ -510,6 +518,14 @@ absl::StatusOr<Pix2SeqConfig> ResolvePix2SeqConfig(const v1::Pix2SeqArch& arch,
   config.tokenizer.num_classes = std::max<int64_t>(1, num_classes);
   config.tokenizer.canvas_size = static_cast<float>(scenes.canvas_size());
   config.max_objects = scenes.max_objects();
+  if (arch.max_boxes() > 0) {
+    if (arch.max_boxes() < scenes.max_objects()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".max_boxes: ", arch.max_boxes(), " is below the ",
+                       scenes.max_objects(), " objects a scene may hold (scenes.max_objects)"));
+    }
+    config.max_objects = arch.max_boxes();
+  }
   const absl::Status valid = ValidatePix2SeqConfig(config);
   if (!valid.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", valid.message()));
   return config;
@@ -635,6 +651,8 @@ absl::Status RewardTuneJob::Validate(const v1::JobSpec& job_spec) const {
   }
   OFFSITE_RETURN_IF_ERROR(
       CheckRange("reward_tune.duplicate_weight", spec.duplicate_weight(), 0, 100));
+  OFFSITE_RETURN_IF_ERROR(
+      CheckRange("reward_tune.confidence_weight", spec.confidence_weight(), 0, 100));
   // 1 is refused: the leave-one-out baseline needs another sample.
   if (spec.samples_per_input() == 1) {
     return absl::InvalidArgumentError(

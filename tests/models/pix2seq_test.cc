@@ -212,8 +212,10 @@ TEST(Pix2SeqTest, MasksEndAtEosAndSequencesAreWholeBoxes) {
     ASSERT_EQ(scored[i].size(), boxes[i].size());
     for (size_t j = 0; j < scored[i].size(); ++j) {
       EXPECT_EQ(scored[i][j].box, boxes[i][j]);
+      // The class token's probability times the box's predicted IoU.
       const double class_logp = samples.token_log_probs[i][5 * j + 4].item<double>();
-      EXPECT_NEAR(scored[i][j].score, std::exp(class_logp), 1e-6);
+      const double confidence = samples.box_confidence[i][5 * j + 4].item<double>();
+      EXPECT_NEAR(scored[i][j].score, std::exp(class_logp) * confidence, 1e-6);
     }
   }
 }
@@ -257,6 +259,57 @@ TEST(Pix2SeqTest, OverfitsFourScenesWithTeacherForcing) {
     }
   }
   EXPECT_GE(reproduced, 3) << "loss " << loss << "\n" << greedy.tokens << "\n" << targets.tokens;
+}
+
+TEST(Pix2SeqTest, ConfidenceHeadReadsEachBoxAndRanksItWithTheClassToken) {
+  Pix2Seq model = MakeModel(TinyConfig(), 9);
+  model->eval();
+  const Scenes scenes = SquareScenes(3, 9);
+  const torch::Tensor memory = model->Encode(scenes.images);
+  const torch::Tensor inputs = torch::randint(0, 64, {3, 6}, torch::kLong);
+  const DecoderOutput decoded = model->DecodeWithConfidence(memory, inputs);
+  EXPECT_TRUE(torch::equal(decoded.logits, model->Decode(memory, inputs)));
+  EXPECT_EQ(decoded.confidence.sizes(), torch::IntArrayRef({3, 6}));
+
+  // Untuned, the head is zero: every box's predicted IoU is 0.5, and boxes
+  // rank by their class token alone.
+  const SampledSequences greedy = Greedy(*model, scenes.images);
+  ASSERT_EQ(greedy.box_confidence.sizes(), greedy.tokens.sizes());
+  EXPECT_TRUE(torch::equal(greedy.box_confidence, torch::full_like(greedy.box_confidence, 0.5)));
+  std::vector<std::vector<ScoredBox>> scored = DecodeScoredBoxes(model->tokenizer(), greedy);
+  for (size_t i = 0; i < scored.size(); ++i) {
+    for (size_t b = 0; b < scored[i].size(); ++b) {
+      const double class_probability =
+          std::exp(greedy.token_log_probs[i][5 * b + 4].item<double>());
+      EXPECT_NEAR(scored[i][b].score, 0.5 * class_probability, 1e-6);
+    }
+  }
+
+  // A box's confidence is the head's output at the position after its class
+  // token, the one that sees the whole box.
+  {
+    torch::NoGradGuard no_grad;
+    model->named_parameters()["confidence.weight"].normal_(0, 1);
+  }
+  const SampledSequences again = Greedy(*model, scenes.images);
+  ASSERT_TRUE(torch::equal(again.tokens, greedy.tokens));  // The head never steers decoding.
+  const torch::Tensor inputs_again = ShiftRight(*model, again.tokens);
+  const torch::Tensor confidence =
+      model->DecodeWithConfidence(memory, inputs_again).confidence.sigmoid();
+  scored = DecodeScoredBoxes(model->tokenizer(), again);
+  int64_t boxes = 0;
+  for (size_t i = 0; i < scored.size(); ++i) {
+    for (size_t b = 0; b < scored[i].size(); ++b, ++boxes) {
+      const int64_t class_position = 5 * b + 4;
+      EXPECT_NEAR(again.box_confidence[i][class_position].item<double>(),
+                  confidence[i][class_position + 1].item<double>(), 1e-5);
+      EXPECT_NEAR(scored[i][b].score,
+                  std::exp(again.token_log_probs[i][class_position].item<double>()) *
+                      confidence[i][class_position + 1].item<double>(),
+                  1e-5);
+    }
+  }
+  EXPECT_GT(boxes, 0);
 }
 
 TEST(Pix2SeqTest, ReinforceStepChangesParametersWithFiniteGradients) {

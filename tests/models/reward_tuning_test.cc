@@ -61,17 +61,21 @@ double ExpectedReward(Pix2SeqImpl& model, const at::Tensor& images,
   return sum / boxes.size();
 }
 
+// LoadPix2Seq of what `out` holds, once written to bytes and read back.
+absl::StatusOr<Pix2Seq> LoadThroughBytes(torch::serialize::OutputArchive& out) {
+  std::ostringstream bytes;
+  out.save_to(bytes);
+  torch::serialize::InputArchive in;
+  std::istringstream stream(bytes.str());
+  in.load_from(stream);
+  return LoadPix2Seq(in);
+}
+
 TEST(RewardTuningTest, DetectorArchiveRoundTripsConfigAndWeights) {
   Pix2Seq model = MakeModel(1);
   torch::serialize::OutputArchive out;
   ASSERT_TRUE(SavePix2Seq(*model, out).ok());
-  std::ostringstream bytes;
-  out.save_to(bytes);
-
-  torch::serialize::InputArchive in;
-  std::istringstream stream(bytes.str());
-  in.load_from(stream);
-  absl::StatusOr<Pix2Seq> loaded = LoadPix2Seq(in);
+  absl::StatusOr<Pix2Seq> loaded = LoadThroughBytes(out);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ((*loaded)->config().image_size, 16);
   EXPECT_EQ((*loaded)->config().encoder_dims, std::vector<int64_t>{16});
@@ -85,16 +89,50 @@ TEST(RewardTuningTest, DetectorArchiveRoundTripsConfigAndWeights) {
   EXPECT_TRUE(torch::allclose(model->forward(images, tokens), (*loaded)->forward(images, tokens)));
 }
 
+// Detectors saved before the confidence head (format version 1) still load,
+// the head at its zero start.
+TEST(RewardTuningTest, VersionOneDetectorsLoadWithAnUntrainedConfidenceHead) {
+  Pix2Seq model = MakeModel(1);
+  const Pix2SeqConfig config = TinyConfig();
+  torch::serialize::OutputArchive out;
+  out.write("format", c10::IValue(std::string("offsite_pix2seq")));
+  out.write("version", c10::IValue(int64_t{1}));
+  out.write("config.in_channels", c10::IValue(config.in_channels));
+  out.write("config.image_size", c10::IValue(config.image_size));
+  out.write("config.encoder_depths", c10::IValue(config.encoder_depths));
+  out.write("config.encoder_dims", c10::IValue(config.encoder_dims));
+  out.write("config.encoder_stem_stride", c10::IValue(config.encoder_stem_stride));
+  out.write("config.n_layer", c10::IValue(config.n_layer));
+  out.write("config.n_embd", c10::IValue(config.n_embd));
+  out.write("config.n_head", c10::IValue(config.n_head));
+  out.write("config.dropout", c10::IValue(config.dropout));
+  out.write("config.num_bins", c10::IValue(config.tokenizer.num_bins));
+  out.write("config.num_classes", c10::IValue(config.tokenizer.num_classes));
+  out.write("config.canvas_size", c10::IValue(static_cast<double>(config.tokenizer.canvas_size)));
+  out.write("config.max_objects", c10::IValue(config.max_objects));
+  out.write("config.constrain_grammar", c10::IValue(config.constrain_grammar));
+  for (const auto& item : model->named_parameters()) {
+    if (item.key().rfind("confidence.", 0) != 0) {
+      out.write("tensor/" + item.key(), item.value().detach());
+    }
+  }
+  for (const auto& item : model->named_buffers()) out.write("tensor/" + item.key(), item.value());
+  absl::StatusOr<Pix2Seq> loaded = LoadThroughBytes(out);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  for (const char* name : {"confidence.weight", "confidence.bias"}) {
+    EXPECT_EQ((*loaded)->named_parameters()[name].abs().sum().item<double>(), 0) << name;
+  }
+  model->eval();
+  (*loaded)->eval();
+  const torch::Tensor images = torch::rand({2, 1, 16, 16});
+  EXPECT_TRUE(torch::equal(Greedy(*model, images).tokens, Greedy(**loaded, images).tokens));
+}
+
 TEST(RewardTuningTest, ArchiveOfAnotherKindIsRejectedNamingWhatIsMissing) {
   torch::serialize::OutputArchive out;
   out.write("format", c10::IValue(std::string("convnext_v2")));
   out.write("version", c10::IValue(int64_t{1}));
-  std::ostringstream bytes;
-  out.save_to(bytes);
-  torch::serialize::InputArchive in;
-  std::istringstream stream(bytes.str());
-  in.load_from(stream);
-  absl::StatusOr<Pix2Seq> loaded = LoadPix2Seq(in);
+  absl::StatusOr<Pix2Seq> loaded = LoadThroughBytes(out);
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(loaded.status().message(), HasSubstr("convnext_v2"));
 }
@@ -126,6 +164,29 @@ TEST(RewardTuningTest, EvaluateDetectorScoresEveryTestScene) {
   EXPECT_LE(eval->mean_length, 11);
 }
 
+TEST(RewardTuningTest, ClassOnlyRankingIgnoresTheConfidenceHead) {
+  Pix2Seq model = MakeModel(3);
+  const Scenes scenes = TinyScenes();
+  const RewardFn reward = MakeReward("detection", {}).value();
+  // Fit the four scenes a little, so that some boxes hit and ranking matters.
+  auto optimizer = MakeAdamW(*model, 3e-3, 0, 0.999, false);
+  for (int step = 0; step < 60; ++step) {
+    ASSERT_TRUE(
+        DetectorMleStep(*model, *optimizer, scenes, torch::arange(4, torch::kLong), step).ok());
+  }
+  const DetectorEvaluation untuned = EvaluateDetector(*model, scenes, reward).value();
+  ASSERT_GT(untuned.metrics.map50, 0);
+  {
+    torch::NoGradGuard no_grad;
+    model->named_parameters()["confidence.weight"].normal_(0, 1);
+  }
+  const DetectorEvaluation class_only =
+      EvaluateDetector(*model, scenes, reward, 100, BoxRanking::kClassOnly).value();
+  EXPECT_DOUBLE_EQ(class_only.metrics.map, untuned.metrics.map);
+  EXPECT_DOUBLE_EQ(class_only.metrics.map50, untuned.metrics.map50);
+  EXPECT_DOUBLE_EQ(class_only.mean_reward, untuned.mean_reward);
+}
+
 // A reward only REINFORCE can follow: 1 for a sequence whose first box has
 // class 2, 0 otherwise. A random detector earns it about a third of the time.
 TEST(RewardTuningTest, DetectorReinforceStepsRaiseTheExpectedReward) {
@@ -152,6 +213,47 @@ TEST(RewardTuningTest, DetectorReinforceStepsRaiseTheExpectedReward) {
   const double after = ExpectedReward(*model, scenes.images, scenes.objects, reward);
   EXPECT_LT(before, 0.6);
   EXPECT_GT(after, before + 0.25) << "before " << before;
+}
+
+// big_vision's confidence: tuning teaches the head the IoU of the model's own
+// boxes (here mostly 0: a random detector rarely hits), and leaves it alone
+// at weight 0.
+TEST(RewardTuningTest, DetectorReinforceStepsTeachTheConfidenceHeadTheSampledIous) {
+  const Scenes scenes = TinyScenes();
+  const RewardFn reward = MakeReward("detection", {}).value();
+  auto confidence_head_sum = [](Pix2SeqImpl& model) {
+    return model.named_parameters()["confidence.weight"].abs().sum().item<double>() +
+           model.named_parameters()["confidence.bias"].abs().sum().item<double>();
+  };
+  {
+    Pix2Seq model = MakeModel(8);
+    auto optimizer = MakeAdamW(*model, 1e-2, 0, 0.999, false);
+    ReinforceOptions options;
+    options.confidence_weight = 0;
+    absl::StatusOr<ReinforceStepStats> stats =
+        DetectorReinforceStep(*model, *optimizer, scenes.images, scenes.objects, reward, options,
+                              at::detail::createCPUGenerator(0));
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_NEAR(stats->confidence_loss, std::log(2.0), 0.1);  // Reported, not trained.
+    EXPECT_EQ(confidence_head_sum(*model), 0);
+    options.confidence_weight = -1;
+    EXPECT_FALSE(DetectorReinforceStep(*model, *optimizer, scenes.images, scenes.objects, reward,
+                                       options, at::detail::createCPUGenerator(0))
+                     .ok());
+  }
+  Pix2Seq model = MakeModel(8);
+  auto optimizer = MakeAdamW(*model, 1e-2, 0, 0.999, false);
+  ReinforceOptions options;  // confidence_weight 0.3
+  double first = 0, last = 0;
+  for (int step = 0; step < 30; ++step) {
+    absl::StatusOr<ReinforceStepStats> stats =
+        DetectorReinforceStep(*model, *optimizer, scenes.images, scenes.objects, reward, options,
+                              at::detail::createCPUGenerator(step));
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    (step == 0 ? first : last) = stats->confidence_loss;
+  }
+  EXPECT_GT(confidence_head_sum(*model), 0);
+  EXPECT_LT(last, 0.5 * first) << "first " << first;
 }
 
 TEST(RewardTuningTest, DetectorReinforceStepRejectsMismatchedInputs) {
@@ -182,12 +284,20 @@ TEST(RewardTuningTest, StepsSyncGradientsBeforeTheyMoveAnything) {
   ReinforceOptions options;
   options.samples_per_input = 2;
   const torch::Tensor batch = torch::arange(4, torch::kLong);
+  testutil::GradientSyncProbe mle;
+  ASSERT_TRUE(DetectorMleStep(*model, *optimizer, scenes, batch, 0, 1.0, mle.Sync()).ok());
+  EXPECT_EQ(mle.calls, 1);
+  EXPECT_TRUE(mle.Saw(model->parameters()));
+  // MLE never reads the confidence head, so only its gradients are missing
+  // (a data-parallel all-reduce counts them as zeros).
+  for (const auto& item : model->named_parameters()) {
+    EXPECT_EQ(item.value().grad().defined(), item.key().rfind("confidence.", 0) != 0) << item.key();
+  }
   testutil::GradientSyncProbe probe;
-  ASSERT_TRUE(DetectorMleStep(*model, *optimizer, scenes, batch, 0, 1.0, probe.Sync()).ok());
   ASSERT_TRUE(DetectorReinforceStep(*model, *optimizer, scenes.images, scenes.objects, reward,
                                     options, at::detail::createCPUGenerator(0), probe.Sync())
                   .ok());
-  EXPECT_EQ(probe.calls, 2);
+  EXPECT_EQ(probe.calls, 1);
   EXPECT_TRUE(probe.gradients_ready);
   EXPECT_TRUE(probe.Saw(model->parameters()));
 

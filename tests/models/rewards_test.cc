@@ -102,6 +102,23 @@ TEST(DetectionRewardTest, EachPredictionMatchesOneObject) {
   EXPECT_DOUBLE_EQ(result.duplicates, 0.0);
 }
 
+TEST(MatchIousTest, IouWithTheBestSameClassObjectFromTheThresholdUp) {
+  const std::vector<Box> truth = {kScene[0], kScene[1]};
+  Box wrong = kScene[0];
+  wrong.label = 4;
+  const std::vector<double> ious = MatchIous(
+      {kScene[1], Shifted(kScene[0], 3), Shifted(kScene[0], 10), wrong, kScene[1]}, truth);
+  ASSERT_EQ(ious.size(), 5u);
+  EXPECT_DOUBLE_EQ(ious[0], 1.0);
+  EXPECT_NEAR(ious[1], 17.0 / 23.0, 1e-6);
+  EXPECT_DOUBLE_EQ(ious[2], 0.0);  // IoU 1/3: below 0.5.
+  EXPECT_DOUBLE_EQ(ious[3], 0.0);  // Wrong class.
+  EXPECT_DOUBLE_EQ(ious[4], 1.0);  // A duplicate still overlaps its object.
+  EXPECT_NEAR(MatchIous({Shifted(kScene[0], 10)}, truth, 0.3)[0], 1.0 / 3.0, 1e-6);
+  EXPECT_TRUE(MatchIous({}, truth).empty());
+  EXPECT_EQ(MatchIous({kScene[0]}, {}), std::vector<double>{0.0});
+}
+
 TEST(DetectionRewardTest, EmptyTruth) {
   EXPECT_DOUBLE_EQ(DetectionReward({}, {}).reward, 1.0);
   EXPECT_NEAR(DetectionReward({kScene[0], kScene[1]}, {}).reward, -0.6, 1e-9);

@@ -149,6 +149,11 @@ TEST(RewardTuningSpecTest, BadDetectionMleSpecsAreRejectedNamingFieldAndValue) {
               HasSubstr("detection_mle.arch"));
   EXPECT_THAT(MleError([](v1::DetectionMleSpec* s) { s->mutable_arch()->add_encoder_depths(2); }),
               HasSubstr("detection_mle.arch.encoder_depths"));
+  // max_boxes below what a scene may hold (default 4) would cut off objects.
+  EXPECT_THAT(MleError([](v1::DetectionMleSpec* s) { s->mutable_arch()->set_max_boxes(3); }),
+              AllOf(HasSubstr("detection_mle.arch.max_boxes: 3"), HasSubstr("4 objects")));
+  EXPECT_THAT(MleError([](v1::DetectionMleSpec* s) { s->mutable_arch()->set_max_boxes(-1); }),
+              HasSubstr("detection_mle.arch.max_boxes: -1"));
   EXPECT_THAT(MleError([](v1::DetectionMleSpec* s) { s->set_learning_rate(3); }),
               HasSubstr("detection_mle.learning_rate: 3"));
   EXPECT_THAT(MleError([](v1::DetectionMleSpec* s) {
@@ -174,6 +179,9 @@ TEST(RewardTuningSpecTest, BadRewardTuneSpecsAreRejectedNamingFieldAndValue) {
               HasSubstr("reward_tune.cost_matrix[1][0] is nan"));
   EXPECT_THAT(TuneError([](v1::RewardTuneSpec* s) { s->set_samples_per_input(1); }),
               HasSubstr("reward_tune.samples_per_input: 1"));
+  EXPECT_THAT(TuneError([](v1::RewardTuneSpec* s) { s->set_confidence_weight(-0.5); }),
+              HasSubstr("reward_tune.confidence_weight: -0.5"));
+  EXPECT_EQ(TuneError([](v1::RewardTuneSpec* s) { s->set_confidence_weight(0); }), "");
   EXPECT_THAT(TuneError([](v1::RewardTuneSpec* s) { s->set_temperature(-1); }),
               HasSubstr("reward_tune.temperature: -1"));
   EXPECT_THAT(TuneError([](v1::RewardTuneSpec* s) { s->mutable_scenes()->set_canvas_size(-8); }),
@@ -189,6 +197,18 @@ TEST_F(RewardTuningJobsTest, UnsetSceneFieldsTakeTheDocumentedDefaults) {
   EXPECT_EQ(scenes.max_objects(), 4);
   EXPECT_DOUBLE_EQ(scenes.min_scale(), 0.5);
   EXPECT_DOUBLE_EQ(scenes.max_scale(), 1.0);
+}
+
+TEST_F(RewardTuningJobsTest, MaxBoxesGivesTheDecoderRoomBeyondTheScenesObjects) {
+  const v1::SceneData scenes = ResolveSceneData(v1::SceneData());
+  v1::Pix2SeqArch arch;
+  absl::StatusOr<Pix2SeqConfig> config = ResolvePix2SeqConfig(arch, scenes, 10, "arch");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->max_objects, scenes.max_objects());
+  arch.set_max_boxes(9);
+  config = ResolvePix2SeqConfig(arch, scenes, 10, "arch");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->max_objects, 9);
 }
 
 TEST_F(RewardTuningJobsTest, ScenesComeFromTheirSplitsDeterministically) {
@@ -256,8 +276,9 @@ TEST_F(RewardTuningJobsTest, MleResumesAfterARestartThenRewardTuningStreamsItsFi
   ASSERT_TRUE(done.ok()) << done;
   EXPECT_THAT(absl::StrJoin(ctx->logs_, "\n"), HasSubstr("resumed from checkpoint at step 2"));
   EXPECT_EQ(ctx->steps_, 2);
-  for (const char* name : {"sampled_reward", "greedy_reward", "entropy", "output_length",
-                           "test_map", "initial_test_map", "initial_greedy_reward"}) {
+  for (const char* name :
+       {"sampled_reward", "greedy_reward", "entropy", "output_length", "confidence_loss",
+        "test_map", "initial_test_map", "initial_greedy_reward"}) {
     EXPECT_TRUE(ctx->metrics_.count(name)) << name;
   }
   EXPECT_GT(ctx->metrics_.at("entropy"), 0);
