@@ -16,7 +16,8 @@
 //       [--max-boxes N] [--mle-epochs N] [--mle-batch N] [--mle-lr X] [--mle-cache FILE]
 //       [--rl-steps N] [--rl-lr X] [--rl-batch N] [--samples N] [--eval-every N]
 //       [--save-tuned FILE] [--rl-first-step N]
-//       [--duplicate-weight X] [--confidence-weight X] [--skip-detection] [--skip-classifier]
+//       [--duplicate-weight X] [--confidence-weight X] [--confidence-only]
+//       [--skip-detection] [--skip-classifier]
 //       [--cls-train N] [--cls-epochs N] [--cls-steps N] [--cls-lr X]
 //
 // --mle-cache reuses (or writes) the MLE detector, so the tuning stage can be
@@ -25,6 +26,9 @@
 // extra guesses reward tuning is known to add. --confidence-weight weighs the
 // loss that teaches the confidence head each sampled box's IoU (default 0.3,
 // big_vision's; 0 leaves it untrained, and boxes ranked by class alone).
+// --confidence-only is a probe: it trains the confidence head alone (at
+// --rl-lr), the rest of the detector frozen, to measure what ranking by
+// predicted IoU can gain on its own.
 // --save-tuned writes the reward-tuned detector; to continue tuning, pass that
 // file as --mle-cache and the steps done as --rl-first-step, so batches and
 // samples continue the same random streams (AdamW's moments start afresh;
@@ -40,6 +44,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -80,6 +85,7 @@ struct Args {
   int64_t eval_every = 50;
   double duplicate_weight = kDefaultDuplicateWeight;
   double confidence_weight = ReinforceOptions{}.confidence_weight;
+  bool confidence_only = false;
   bool detection = true;
   bool classifier = true;
   int64_t cls_train = 6000;
@@ -279,7 +285,16 @@ void RunDetection(const Args& args) {
               static_cast<long long>(data.test.images.size(0)), Now() - t0);
 
   // REINFORCE.
-  auto optimizer = MakeAdamW(*model, args.rl_lr, /*weight_decay=*/0, 0.999, false);
+  std::unique_ptr<torch::optim::Optimizer> optimizer =
+      MakeAdamW(*model, args.rl_lr, /*weight_decay=*/0, 0.999, false);
+  if (args.confidence_only) {
+    // A probe, not the method: the decoder stays as MLE left it and only the
+    // confidence head learns, which measures what ranking alone can gain.
+    optimizer = std::make_unique<torch::optim::AdamW>(
+        std::vector<torch::Tensor>{model->named_parameters()["confidence.weight"],
+                                   model->named_parameters()["confidence.bias"]},
+        torch::optim::AdamWOptions(args.rl_lr).weight_decay(0));
+  }
   ReinforceOptions options;
   options.samples_per_input = args.samples;
   options.confidence_weight = args.confidence_weight;
@@ -299,6 +314,7 @@ void RunDetection(const Args& args) {
     const ReinforceStepStats stats =
         Value(DetectorReinforceStep(*model, *optimizer, data.train.images.index_select(0, index),
                                     truth, reward, options, generator));
+    model->zero_grad();  // With --confidence-only the decoder's gradients are never used.
     window.push_back(stats.mean_reward);
     if ((step + 1) % 10 == 0) {
       double mean = 0;
@@ -467,6 +483,10 @@ int main(int argc, char** argv) {
     }
     if (flag == "--skip-classifier") {
       args.classifier = false;
+      continue;
+    }
+    if (flag == "--confidence-only") {
+      args.confidence_only = true;
       continue;
     }
     if (i + 1 >= argc) {
