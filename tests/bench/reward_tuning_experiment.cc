@@ -355,7 +355,7 @@ void RunDetection(const Args& args) {
   std::printf("|------------------------|--------|--------|--------|--------|---------|-------|\n");
   PrintDetection("MLE", before);
   PrintDetection("MLE + reward tuning", after);
-  PrintDetection("  ranked by class alone", after_class_only);
+  PrintDetection("  ranked by class only", after_class_only);
   std::printf(
       "reward tuning: %lld steps, batch %lld x K=%lld, lr %g, duplicate weight %g,"
       " confidence weight %g: %.0f s\n",
