@@ -32,7 +32,9 @@ namespace {
 
 // The archive key of the text-format SceneData a detector was trained on.
 constexpr char kScenesKey[] = "offsite.scenes";
-constexpr int64_t kTuneCheckpointVersion = 1;
+// Version 2: detectors carry a confidence head, so a version 1 checkpoint of a
+// detector no longer fits; refusing it names the cause instead of a missing tensor.
+constexpr int64_t kTuneCheckpointVersion = 2;
 
 v1::DetectionMleSpec Resolved(v1::DetectionMleSpec spec) {
   *spec.mutable_scenes() = ResolveSceneData(spec.scenes());
