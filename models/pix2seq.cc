@@ -369,6 +369,7 @@ std::vector<std::vector<ScoredBox>> DecodeScoredBoxes(const BoxTokenizer& tokeni
               confidence.sizes());
   const int64_t* ids = tokens.data_ptr<int64_t>();
   const float* logp = log_probs.data_ptr<float>();
+  const float* iou = has_confidence ? confidence.data_ptr<float>() : nullptr;
   const int64_t t = tokens.size(1);
   std::vector<std::vector<ScoredBox>> out(tokens.size(0));
   for (int64_t i = 0; i < tokens.size(0); ++i) {
@@ -379,7 +380,7 @@ std::vector<std::vector<ScoredBox>> DecodeScoredBoxes(const BoxTokenizer& tokeni
       const int64_t class_position =
           i * t + first + BoxTokenizer::kTokensPerObject * static_cast<int64_t>(j) + 4;
       double score = std::exp(static_cast<double>(logp[class_position]));
-      if (has_confidence) score *= confidence.data_ptr<float>()[class_position];
+      if (iou != nullptr) score *= iou[class_position];
       out[i].push_back(ScoredBox{boxes[j], score});
     }
   }

@@ -285,16 +285,16 @@ void RunDetection(const Args& args) {
               static_cast<long long>(data.test.images.size(0)), Now() - t0);
 
   // REINFORCE.
+  // --confidence-only is a probe, not the method: the decoder stays as MLE
+  // left it and only the confidence head learns, which measures what ranking
+  // alone can gain.
   std::unique_ptr<torch::optim::Optimizer> optimizer =
-      MakeAdamW(*model, args.rl_lr, /*weight_decay=*/0, 0.999, false);
-  if (args.confidence_only) {
-    // A probe, not the method: the decoder stays as MLE left it and only the
-    // confidence head learns, which measures what ranking alone can gain.
-    optimizer = std::make_unique<torch::optim::AdamW>(
-        std::vector<torch::Tensor>{model->named_parameters()["confidence.weight"],
-                                   model->named_parameters()["confidence.bias"]},
-        torch::optim::AdamWOptions(args.rl_lr).weight_decay(0));
-  }
+      args.confidence_only
+          ? std::make_unique<torch::optim::AdamW>(
+                std::vector<torch::Tensor>{model->named_parameters()["confidence.weight"],
+                                           model->named_parameters()["confidence.bias"]},
+                torch::optim::AdamWOptions(args.rl_lr).weight_decay(0))
+          : MakeAdamW(*model, args.rl_lr, /*weight_decay=*/0, 0.999, false);
   ReinforceOptions options;
   options.samples_per_input = args.samples;
   options.confidence_weight = args.confidence_weight;
@@ -314,7 +314,9 @@ void RunDetection(const Args& args) {
     const ReinforceStepStats stats =
         Value(DetectorReinforceStep(*model, *optimizer, data.train.images.index_select(0, index),
                                     truth, reward, options, generator));
-    model->zero_grad();  // With --confidence-only the decoder's gradients are never used.
+    // The optimizer clears only the head's gradients; the frozen decoder's
+    // would otherwise pile up, unused.
+    if (args.confidence_only) model->zero_grad();
     window.push_back(stats.mean_reward);
     if ((step + 1) % 10 == 0) {
       double mean = 0;
