@@ -17,7 +17,7 @@
 //       [--rl-steps N] [--rl-lr X] [--rl-batch N] [--samples N] [--eval-every N]
 //       [--save-tuned FILE] [--rl-first-step N]
 //       [--duplicate-weight X] [--confidence-weight X] [--confidence-only]
-//       [--skip-detection] [--skip-classifier]
+//       [--class-alternatives N] [--skip-detection] [--skip-classifier]
 //       [--cls-train N] [--cls-epochs N] [--cls-steps N] [--cls-lr X]
 //
 // --mle-cache reuses (or writes) the MLE detector, so the tuning stage can be
@@ -35,6 +35,9 @@
 // steps in the log and the plot count from the continuation's start). The
 // result table also ranks the tuned detector's boxes by class alone, which
 // separates what ranking by predicted IoU gained from what decoding gained.
+// --class-alternatives N adds rows for a diagnostic: the MLE and tuned
+// detectors' greedy boxes each copied with the next N classes, scored by
+// their class probability: the wrong-class guesses the reward leaves free.
 
 #include <torch/torch.h>
 
@@ -86,6 +89,7 @@ struct Args {
   double duplicate_weight = kDefaultDuplicateWeight;
   double confidence_weight = ReinforceOptions{}.confidence_weight;
   bool confidence_only = false;
+  int64_t class_alternatives = 0;
   bool detection = true;
   bool classifier = true;
   int64_t cls_train = 6000;
@@ -122,6 +126,63 @@ void PrintDetection(const char* name, const DetectorEvaluation& e) {
   std::printf("| %-22s | %6.1f | %6.1f | %6.1f | %6.1f | %7.3f | %5.2f |\n", name,
               100 * e.metrics.map, 100 * e.metrics.map50, 100 * e.metrics.recall,
               100 * e.metrics.duplicate_rate, e.mean_reward, e.mean_length);
+}
+
+// A diagnostic, not a method: greedy decoding plus, for every box, copies
+// with the next `extra` most probable classes, each scored by its own class
+// probability (times the box's predicted IoU). The reward neither pays nor
+// charges for a box of the wrong class, so such copies are what it leaves
+// free to learn; this measures how much mAP they could buy.
+DetectorEvaluation EvaluateWithClassAlternatives(Pix2SeqImpl& model, const Scenes& scenes,
+                                                 const RewardFn& reward, int64_t extra) {
+  model.eval();
+  torch::NoGradGuard no_grad;
+  const BoxTokenizer& tokenizer = model.tokenizer();
+  std::vector<std::vector<ScoredBox>> predictions;
+  double reward_sum = 0, length_sum = 0;
+  const int64_t n = scenes.images.size(0), batch = 100;
+  for (int64_t start = 0; start < n; start += batch) {
+    const torch::Tensor images = scenes.images.slice(0, start, std::min(n, start + batch));
+    const SampledSequences greedy = Greedy(model, images);
+    const std::vector<std::vector<ScoredBox>> scored = DecodeScoredBoxes(tokenizer, greedy);
+    // The class distribution at every output position, from one teacher-forced pass.
+    const torch::Tensor class_probs =
+        model.Decode(model.Encode(images), ShiftRight(model, greedy.tokens))
+            .slice(2, tokenizer.num_bins(), tokenizer.eos())
+            .softmax(2)
+            .contiguous();
+    const torch::Tensor top = std::get<1>(class_probs.topk(extra + 1, 2)).contiguous();
+    for (int64_t i = 0; i < images.size(0); ++i) {
+      std::vector<ScoredBox> boxes = scored[i];
+      for (size_t j = 0; j < scored[i].size(); ++j) {
+        const int64_t position = BoxTokenizer::kTokensPerObject * static_cast<int64_t>(j) + 4;
+        // The greedy box's score is P(class) x confidence; keep that factor.
+        const double confidence =
+            scored[i][j].score / class_probs[i][position].max().item<double>();
+        int64_t copies = 0;
+        for (int64_t k = 0; k <= extra && copies < extra; ++k) {
+          const int64_t label = top[i][position][k].item<int64_t>();
+          if (label == scored[i][j].box.label) continue;
+          ++copies;
+          ScoredBox copy = scored[i][j];
+          copy.box.label = label;
+          copy.score = class_probs[i][position][label].item<double>() * confidence;
+          boxes.push_back(copy);
+        }
+      }
+      std::vector<Box> plain;
+      for (const ScoredBox& box : boxes) plain.push_back(box.box);
+      reward_sum += Value(reward(RewardInput(plain), RewardInput(scenes.objects[start + i])));
+      // As if emitted: five tokens per box and the EOS.
+      length_sum += BoxTokenizer::kTokensPerObject * static_cast<double>(plain.size()) + 1;
+      predictions.push_back(std::move(boxes));
+    }
+  }
+  DetectorEvaluation out;
+  out.metrics = Value(ComputeDetectionMetrics(predictions, scenes.objects));
+  out.mean_reward = reward_sum / n;
+  out.mean_length = length_sum / n;
+  return out;
 }
 
 // --- A line plot in a pixel buffer. ---------------------------------------
@@ -283,6 +344,10 @@ void RunDetection(const Args& args) {
   const DetectorEvaluation before = Value(EvaluateDetector(*model, data.test, reward));
   std::printf("greedy evaluation of %lld test scenes: %.1f s\n",
               static_cast<long long>(data.test.images.size(0)), Now() - t0);
+  const DetectorEvaluation before_alternatives =
+      args.class_alternatives > 0
+          ? EvaluateWithClassAlternatives(*model, data.test, reward, args.class_alternatives)
+          : DetectorEvaluation{};
 
   // REINFORCE.
   // --confidence-only is a probe, not the method: the decoder stays as MLE
@@ -358,6 +423,15 @@ void RunDetection(const Args& args) {
   PrintDetection("MLE", before);
   PrintDetection("MLE + reward tuning", after);
   PrintDetection("  ranked by class only", after_class_only);
+  if (args.class_alternatives > 0) {
+    const std::string label = absl::StrCat(", ", args.class_alternatives, " more classes");
+    std::printf("rows below: every greedy box copied with its next %lld classes (a diagnostic)\n",
+                static_cast<long long>(args.class_alternatives));
+    PrintDetection(absl::StrCat("MLE", label).c_str(), before_alternatives);
+    PrintDetection(
+        absl::StrCat("tuned", label).c_str(),
+        EvaluateWithClassAlternatives(*model, data.test, reward, args.class_alternatives));
+  }
   std::printf(
       "reward tuning: %lld steps, batch %lld x K=%lld, lr %g, duplicate weight %g,"
       " confidence weight %g: %.0f s\n",
@@ -536,6 +610,8 @@ int main(int argc, char** argv) {
       args.eval_every = std::atoll(value.c_str());
     else if (flag == "--duplicate-weight")
       args.duplicate_weight = std::atof(value.c_str());
+    else if (flag == "--class-alternatives")
+      args.class_alternatives = std::atoll(value.c_str());
     else if (flag == "--confidence-weight")
       args.confidence_weight = std::atof(value.c_str());
     else if (flag == "--cls-train")
