@@ -5,9 +5,12 @@
 //
 //   offsite_tuning_experiment --task language|vision [--seed N] [--threads N]
 //       [--pretrain-steps N] [--distill-steps N] [--tune-steps N] [--splits B-K-T,...]
+//       [--layers N]
 //
 // The model is pretrained and fully fine-tuned once; each split (default
 // 2-2-2) then gets its own emulator, distillation and tuned adapter.
+// --layers sets the language model's depth (default 8), so the middle that
+// the emulator replaces can be made deeper.
 //
 // language: a GPT decoder pretrained by the owner on one fortunes collection
 //   (cookie), distilled on it, and tuned by the data owner on another
@@ -43,6 +46,7 @@ struct Args {
   uint64_t seed = 0;
   int threads = 0;
   int64_t pretrain_steps = -1, distill_steps = -1, tune_steps = -1;
+  int64_t layers = 8;  // language only
   std::vector<Split> splits = {Split()};
 };
 
@@ -72,7 +76,7 @@ int Run(const Args& args) {
   TrainOptions pretrain, tune;
   int64_t distill_steps;
   if (language) {
-    arch.mutable_gpt()->set_n_layer(8);
+    arch.mutable_gpt()->set_n_layer(args.layers);
     arch.mutable_gpt()->set_n_embd(128);
     arch.mutable_gpt()->set_n_head(4);
     arch.mutable_gpt()->set_n_positions(64);
@@ -217,6 +221,7 @@ int main(int argc, char** argv) {
     else if (flag == "--pretrain-steps") args.pretrain_steps = std::atoll(value.c_str());
     else if (flag == "--distill-steps") args.distill_steps = std::atoll(value.c_str());
     else if (flag == "--tune-steps") args.tune_steps = std::atoll(value.c_str());
+    else if (flag == "--layers") args.layers = std::atoll(value.c_str());
     else if (flag == "--splits") {
       args.splits.clear();
       for (absl::string_view item : absl::StrSplit(value, ',')) {
@@ -231,6 +236,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
     }
+  }
+  if (args.task != "language" && args.layers != 8) {
+    std::fprintf(stderr, "--layers applies to --task language only\n");
+    return 2;
   }
   offsite::ConfigureThreads(args.threads);
   std::printf("%s\n", offsite::RuntimeSummary().c_str());
