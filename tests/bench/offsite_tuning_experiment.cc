@@ -5,12 +5,13 @@
 //
 //   offsite_tuning_experiment --task language|vision [--seed N] [--threads N]
 //       [--pretrain-steps N] [--distill-steps N] [--tune-steps N] [--splits B-K-T,...]
-//       [--layers N]
+//       [--layers N] [--tune all|lora|top-only]
 //
 // The model is pretrained and fully fine-tuned once; each split (default
 // 2-2-2) then gets its own emulator, distillation and tuned adapter.
 // --layers sets the language model's depth (default 8), so the middle that
-// the emulator replaces can be made deeper.
+// the emulator replaces can be made deeper. --tune picks how the data owner
+// tunes the adapter, as `offsite offsite tune` does (--lora, --top-only).
 //
 // language: a GPT decoder pretrained by the owner on one fortunes collection
 //   (cookie), distilled on it, and tuned by the data owner on another
@@ -47,6 +48,7 @@ struct Args {
   int threads = 0;
   int64_t pretrain_steps = -1, distill_steps = -1, tune_steps = -1;
   int64_t layers = 8;  // language only
+  TuneOptions adapter_tuning;
   std::vector<Split> splits = {Split()};
 };
 
@@ -189,7 +191,7 @@ int Run(const Args& args) {
     v1::PackageManifest manifest;
     SafetensorsFile file = MakePackageFile(packaged, plan, options, &manifest).value();
     OpenedPackage opened = OpenPackage(file).value();
-    PrepareForTuning(opened.manifest, *opened.emulator, {});
+    PrepareForTuning(opened.manifest, *opened.emulator, args.adapter_tuning);
     std::fprintf(stderr, "offsite-tuning the %s adapter (%lld steps)\n", name.c_str(),
                  static_cast<long long>(tune.steps));
     (void)Train(*opened.emulator, user, tune, Progress("ot", tune.steps)).value();
@@ -222,6 +224,14 @@ int main(int argc, char** argv) {
     else if (flag == "--distill-steps") args.distill_steps = std::atoll(value.c_str());
     else if (flag == "--tune-steps") args.tune_steps = std::atoll(value.c_str());
     else if (flag == "--layers") args.layers = std::atoll(value.c_str());
+    else if (flag == "--tune") {
+      args.adapter_tuning.lora = value == "lora";
+      args.adapter_tuning.top_only = value == "top-only";
+      if (value != "all" && value != "lora" && value != "top-only") {
+        std::fprintf(stderr, "--tune: \"%s\" is not all, lora or top-only\n", value.c_str());
+        return 2;
+      }
+    }
     else if (flag == "--splits") {
       args.splits.clear();
       for (absl::string_view item : absl::StrSplit(value, ',')) {
