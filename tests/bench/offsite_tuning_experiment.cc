@@ -47,7 +47,7 @@ struct Args {
   uint64_t seed = 0;
   int threads = 0;
   int64_t pretrain_steps = -1, distill_steps = -1, tune_steps = -1;
-  int64_t layers = 8;  // language only
+  int64_t layers = -1;  // language only; -1: the default depth, 8
   TuneOptions adapter_tuning;
   std::vector<Split> splits = {Split()};
 };
@@ -78,7 +78,7 @@ int Run(const Args& args) {
   TrainOptions pretrain, tune;
   int64_t distill_steps;
   if (language) {
-    arch.mutable_gpt()->set_n_layer(args.layers);
+    arch.mutable_gpt()->set_n_layer(args.layers >= 0 ? args.layers : 8);
     arch.mutable_gpt()->set_n_embd(128);
     arch.mutable_gpt()->set_n_head(4);
     arch.mutable_gpt()->set_n_positions(64);
@@ -225,12 +225,12 @@ int main(int argc, char** argv) {
     else if (flag == "--tune-steps") args.tune_steps = std::atoll(value.c_str());
     else if (flag == "--layers") args.layers = std::atoll(value.c_str());
     else if (flag == "--tune") {
-      args.adapter_tuning.lora = value == "lora";
-      args.adapter_tuning.top_only = value == "top-only";
       if (value != "all" && value != "lora" && value != "top-only") {
         std::fprintf(stderr, "--tune: \"%s\" is not all, lora or top-only\n", value.c_str());
         return 2;
       }
+      args.adapter_tuning.lora = value == "lora";
+      args.adapter_tuning.top_only = value == "top-only";
     }
     else if (flag == "--splits") {
       args.splits.clear();
@@ -247,7 +247,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (args.task != "language" && args.layers != 8) {
+  if (args.task != "language" && args.layers >= 0) {
     std::fprintf(stderr, "--layers applies to --task language only\n");
     return 2;
   }
