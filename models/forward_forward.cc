@@ -111,6 +111,10 @@ absl::Status ValidateForwardForwardOptions(const ForwardForwardOptions& options)
     return absl::InvalidArgumentError(
         absl::StrCat("learning_rate must be > 0, got ", options.learning_rate));
   }
+  if (std::isnan(options.hard_negative_temperature) || options.hard_negative_temperature <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("hard_negative_temperature must be > 0, got ",
+                                                   options.hard_negative_temperature));
+  }
   return absl::OkStatus();
 }
 
@@ -240,9 +244,11 @@ absl::StatusOr<StepStats> ForwardForwardTrainer::TrainStep(const torch::Tensor& 
     negative_labels = SampleWrongLabels(y, options_.num_classes);
   } else if (options_.hard_negatives_from_softmax) {
     torch::NoGradGuard no_grad;
-    negative_labels = SampleHardWrongLabels(head_(HeadInput(x)), y);
+    negative_labels =
+        SampleHardWrongLabels(head_(HeadInput(x)) / options_.hard_negative_temperature, y);
   } else {
-    negative_labels = SampleHardWrongLabels(LabelGoodness(x), y);
+    negative_labels =
+        SampleHardWrongLabels(LabelGoodness(x) / options_.hard_negative_temperature, y);
   }
 
   std::vector<torch::Tensor> losses = LayerLosses(x, y, negative_labels);

@@ -46,6 +46,10 @@ struct ForwardForwardOptions {
   // with the neutral label; near uniform while the read-out is untrained)
   // instead of from the goodness of every label (one pass per label).
   bool hard_negatives_from_softmax = false;
+  // Hard negatives are drawn from softmax(scores / temperature) over the wrong
+  // labels: below 1 the draw concentrates on the most likely wrong label,
+  // above 1 it spreads toward uniform (infinity: uniform).
+  double hard_negative_temperature = 1;
 };
 
 // OK, or InvalidArgumentError saying which option is out of range. The

@@ -5,13 +5,17 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include "tests/util/gradient_sync_probe.h"
 
 namespace offsite {
 namespace {
+
+using ::testing::HasSubstr;
 
 // Ten classes in 200 dimensions: each example is its class's random prototype
 // plus as much uniform noise, so telling classes apart needs the whole input.
@@ -209,6 +213,16 @@ TEST(ForwardForwardTest, RejectsInvalidOptions) {
   options = SmallOptions();
   options.learning_rate = 0;
   EXPECT_FALSE(ValidateForwardForwardOptions(options).ok());
+  for (const double temperature : {0.0, -1.0, std::nan("")}) {
+    options = SmallOptions();
+    options.hard_negative_temperature = temperature;
+    const absl::Status status = ValidateForwardForwardOptions(options);
+    EXPECT_FALSE(status.ok()) << temperature;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("hard_negative_temperature"));
+  }
+  options = SmallOptions();
+  options.hard_negative_temperature = std::numeric_limits<double>::infinity();  // Uniform.
+  EXPECT_TRUE(ValidateForwardForwardOptions(options).ok());
 }
 
 TEST_F(SyntheticTaskTest, ForwardForwardBeatsChanceInBothModes) {
@@ -229,15 +243,21 @@ TEST_F(SyntheticTaskTest, ForwardForwardBeatsChanceInBothModes) {
 }
 
 TEST_F(SyntheticTaskTest, HardNegativesTrainToo) {
-  for (const bool from_softmax : {false, true}) {
+  struct Variant {
+    bool from_softmax;
+    double temperature;
+  };
+  for (const Variant variant : {Variant{false, 1}, Variant{true, 1}, Variant{false, 10}}) {
     torch::manual_seed(2);
     ForwardForwardOptions options = SmallOptions();
     options.hard_negatives = true;
-    options.hard_negatives_from_softmax = from_softmax;
+    options.hard_negatives_from_softmax = variant.from_softmax;
+    options.hard_negative_temperature = variant.temperature;
     ForwardForwardTrainer trainer(options, torch::kCPU);
     Train(trainer, /*epochs=*/6);
     EXPECT_GT(Accuracy(trainer.PredictGoodness(test_.x), test_.y), 0.8)
-        << "hard negatives from " << (from_softmax ? "softmax" : "goodness");
+        << "hard negatives from " << (variant.from_softmax ? "softmax" : "goodness")
+        << ", temperature " << variant.temperature;
   }
 }
 
