@@ -32,6 +32,7 @@ v1::ForwardForwardSpec Resolved(v1::ForwardForwardSpec spec) {
   if (spec.learning_rate() == 0) spec.set_learning_rate(1e-3);
   if (spec.epochs() == 0) spec.set_epochs(10);
   if (spec.batch_size() == 0) spec.set_batch_size(100);
+  if (spec.hard_negative_temperature() == 0) spec.set_hard_negative_temperature(1);
   if (spec.train_images().empty())
     spec.set_train_images(FashionMnistFile("train-images-idx3-ubyte.gz"));
   if (spec.train_labels().empty())
@@ -81,6 +82,8 @@ absl::Status ForwardForwardJob::Validate(const v1::JobSpec& job_spec) const {
   OFFSITE_RETURN_IF_ERROR(CheckRange("forward_forward.batch_size", spec.batch_size(), 0, 65536));
   OFFSITE_RETURN_IF_ERROR(CheckRange("forward_forward.train_subset", spec.train_subset(), 0, 1e9));
   OFFSITE_RETURN_IF_ERROR(CheckRange("forward_forward.test_subset", spec.test_subset(), 0, 1e9));
+  OFFSITE_RETURN_IF_ERROR(CheckRange("forward_forward.hard_negative_temperature",
+                                     spec.hard_negative_temperature(), 0, 1e6));
   if (!std::isfinite(spec.theta()) || !std::isfinite(spec.learning_rate())) {
     return absl::InvalidArgumentError("forward_forward: theta and learning_rate must be finite");
   }
@@ -126,6 +129,7 @@ absl::Status ForwardForwardJob::Run(const v1::JobSpec& job_spec, JobContext& ctx
   options.theta = spec.theta();
   options.learning_rate = spec.learning_rate();
   options.hard_negatives = spec.hard_negatives();
+  options.hard_negative_temperature = spec.hard_negative_temperature();
 
   torch::manual_seed(spec.seed());
   ForwardForwardTrainer ff(options, device);

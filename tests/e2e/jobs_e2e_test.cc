@@ -463,6 +463,9 @@ TEST_F(JobsE2eTest, MalformedSpecsAreRejectedNamingTheField) {
   spec.mutable_forward_forward()->set_epochs(-3);
   expect_rejected(spec, "epochs");
   spec = valid;
+  spec.mutable_forward_forward()->set_hard_negative_temperature(-0.5);
+  expect_rejected(spec, "hard_negative_temperature");
+  spec = valid;
   spec.mutable_resources()->set_workers(65);
   expect_rejected(spec, "resources.workers");
 
