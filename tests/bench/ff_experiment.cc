@@ -4,7 +4,7 @@
 // epoch, then one SUMMARY line. Results: docs/results/forward_forward.md.
 //
 //   ff_experiment [--epochs 30] [--seed 0] [--hard-negatives | --hard-negatives-from-softmax]
-//                 [--batch-size 100]
+//                 [--hard-negative-temperature 1] [--batch-size 100]
 //                 [--lr 1e-3] [--theta 0] [--widths 500,500,500,500]
 //                 [--train-limit 0] [--no-backprop] [--threads 2] [--max-minutes 0]
 //                 [--cooldown]
@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -54,7 +55,8 @@ struct ExperimentOptions {
 [[noreturn]] void Usage(const char* program, const std::string& problem) {
   std::fprintf(stderr,
                "%s\nusage: %s [--epochs N] [--seed N] "
-               "[--hard-negatives | --hard-negatives-from-softmax] [--batch-size N] "
+               "[--hard-negatives | --hard-negatives-from-softmax] "
+               "[--hard-negative-temperature X] [--batch-size N] "
                "[--lr X] [--theta X] [--widths W,W,...] [--train-limit N] [--no-backprop] "
                "[--threads N] [--max-minutes X] [--cooldown]\n",
                problem.c_str(), program);
@@ -92,6 +94,8 @@ ExperimentOptions ParseFlags(int argc, char** argv) {
     } else if (flag == "--hard-negatives-from-softmax") {
       options.model.hard_negatives = true;
       options.model.hard_negatives_from_softmax = true;
+    } else if (flag == "--hard-negative-temperature") {
+      options.model.hard_negative_temperature = real();
     } else if (flag == "--batch-size") {
       options.batch_size = integer(1);
     } else if (flag == "--lr") {
@@ -124,6 +128,15 @@ ExperimentOptions ParseFlags(int argc, char** argv) {
   return options;
 }
 
+// Mean over x of the largest probability the goodness-sampled hard negatives
+// give one wrong label: near 1 means the draw is all but deterministic.
+double TopWrongLabelProbability(ForwardForwardTrainer& ff, const torch::Tensor& x,
+                                const torch::Tensor& labels) {
+  torch::Tensor scores = ff.LabelGoodness(x) / ff.options().hard_negative_temperature;
+  scores.scatter_(1, labels.unsqueeze(1), -std::numeric_limits<float>::infinity());
+  return torch::softmax(scores, 1).amax(1).mean().item<double>();
+}
+
 double Seconds(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -153,11 +166,12 @@ int Main(int argc, char** argv) {
   std::printf("runtime: %s\n", RuntimeSummary().c_str());
   std::printf(
       "config: train %lld test %lld widths %s epochs %d batch %lld lr %g theta %g "
-      "hard_negatives %s cooldown %d seed %llu threads %d\n",
+      "hard_negatives %s temperature %g cooldown %d seed %llu threads %d\n",
       static_cast<long long>(n), static_cast<long long>(test_x.size(0)), widths.c_str(),
       options.epochs, static_cast<long long>(options.batch_size), options.model.learning_rate,
-      options.model.theta, HardNegatives(options.model), options.cooldown ? 1 : 0,
-      static_cast<unsigned long long>(options.seed), torch::get_num_threads());
+      options.model.theta, HardNegatives(options.model), options.model.hard_negative_temperature,
+      options.cooldown ? 1 : 0, static_cast<unsigned long long>(options.seed),
+      torch::get_num_threads());
   std::fflush(stdout);
 
   torch::manual_seed(options.seed);
@@ -201,10 +215,11 @@ int Main(int argc, char** argv) {
     if (options.backprop) bp_accuracy = Accuracy(backprop.Predict(test_x), test->labels);
     std::printf(
         "epoch %d/%d lr %.2g ff_loss %.4f softmax_loss %.4f bp_loss %.4f | test ff_goodness %.4f "
-        "ff_softmax %.4f backprop %.4f | ff %.1fs bp %.1fs eval %.1fs\n",
+        "ff_softmax %.4f backprop %.4f | top wrong-label p %.3f | ff %.1fs bp %.1fs eval %.1fs\n",
         epoch, options.epochs, learning_rate, ff_loss / steps, softmax_loss / steps,
-        bp_loss / steps, ff_goodness, ff_softmax, bp_accuracy, ff_epoch_s, bp_epoch_s,
-        Seconds(eval_start));
+        bp_loss / steps, ff_goodness, ff_softmax, bp_accuracy,
+        TopWrongLabelProbability(ff, test_x.slice(0, 0, 2000), test->labels.slice(0, 0, 2000)),
+        ff_epoch_s, bp_epoch_s, Seconds(eval_start));
     std::fflush(stdout);
     epochs_done = epoch;
     if (options.max_minutes > 0 && Seconds(wall_start) > 60 * options.max_minutes) {
@@ -213,12 +228,11 @@ int Main(int argc, char** argv) {
     }
   }
   std::printf(
-      "SUMMARY seed %llu epochs %d hard_negatives %s batch %lld lr %g cooldown %d: ff_goodness "
-      "%.4f "
-      "ff_softmax %.4f backprop %.4f | ff_train %.0fs (%.0f samples/s) bp_train %.0fs "
-      "(%.0f samples/s) wall %.0fs\n",
-      static_cast<unsigned long long>(options.seed), epochs_done,
-      HardNegatives(options.model), static_cast<long long>(options.batch_size),
+      "SUMMARY seed %llu epochs %d hard_negatives %s temperature %g batch %lld lr %g cooldown %d: "
+      "ff_goodness %.4f ff_softmax %.4f backprop %.4f | ff_train %.0fs (%.0f samples/s) "
+      "bp_train %.0fs (%.0f samples/s) wall %.0fs\n",
+      static_cast<unsigned long long>(options.seed), epochs_done, HardNegatives(options.model),
+      options.model.hard_negative_temperature, static_cast<long long>(options.batch_size),
       options.model.learning_rate, options.cooldown ? 1 : 0, ff_goodness, ff_softmax, bp_accuracy,
       ff_train_s, n * epochs_done / ff_train_s, bp_train_s,
       bp_train_s > 0 ? n * epochs_done / bp_train_s : 0.0, Seconds(wall_start));
