@@ -149,13 +149,19 @@ torch::Tensor SampleWrongLabels(const torch::Tensor& labels, int64_t num_classes
   return (labels + shift).remainder(num_classes);
 }
 
-torch::Tensor SampleHardWrongLabels(const torch::Tensor& scores, const torch::Tensor& labels) {
+torch::Tensor HardNegativeProbabilities(const torch::Tensor& scores, const torch::Tensor& labels,
+                                        double temperature) {
   // Masking the logit rather than the probability keeps the distribution over
   // the other classes well defined even when softmax puts ~all mass on the
-  // true class.
-  torch::Tensor masked = scores.to(torch::kFloat32).clone();
+  // true class. The mask goes on after the division: -inf / inf would be NaN.
+  torch::Tensor masked = (scores / temperature).to(torch::kFloat32);
   masked.scatter_(1, labels.unsqueeze(1), -std::numeric_limits<float>::infinity());
-  return torch::multinomial(torch::softmax(masked, 1), 1).squeeze(1);
+  return torch::softmax(masked, 1);
+}
+
+torch::Tensor SampleHardWrongLabels(const torch::Tensor& scores, const torch::Tensor& labels,
+                                    double temperature) {
+  return torch::multinomial(HardNegativeProbabilities(scores, labels, temperature), 1).squeeze(1);
 }
 
 double Accuracy(const torch::Tensor& predicted, const torch::Tensor& labels) {
@@ -245,10 +251,10 @@ absl::StatusOr<StepStats> ForwardForwardTrainer::TrainStep(const torch::Tensor& 
   } else if (options_.hard_negatives_from_softmax) {
     torch::NoGradGuard no_grad;
     negative_labels =
-        SampleHardWrongLabels(head_(HeadInput(x)) / options_.hard_negative_temperature, y);
+        SampleHardWrongLabels(head_(HeadInput(x)), y, options_.hard_negative_temperature);
   } else {
     negative_labels =
-        SampleHardWrongLabels(LabelGoodness(x) / options_.hard_negative_temperature, y);
+        SampleHardWrongLabels(LabelGoodness(x), y, options_.hard_negative_temperature);
   }
 
   std::vector<torch::Tensor> losses = LayerLosses(x, y, negative_labels);

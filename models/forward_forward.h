@@ -78,9 +78,15 @@ torch::Tensor EmbedNeutralLabel(const torch::Tensor& x, int64_t num_classes);
 // num_classes - 1 classes. int64 [B], on the labels' device.
 torch::Tensor SampleWrongLabels(const torch::Tensor& labels, int64_t num_classes);
 
-// For each row, a wrong label drawn with probability softmax(scores[row]) over
-// the classes other than labels[row]. scores: float [B, num_classes].
-torch::Tensor SampleHardWrongLabels(const torch::Tensor& scores, const torch::Tensor& labels);
+// The distribution hard negatives are drawn from: softmax(scores[row] /
+// temperature) over the classes other than labels[row], which gets 0.
+// scores: [B, num_classes]; float [B, num_classes]. Infinity: uniform.
+torch::Tensor HardNegativeProbabilities(const torch::Tensor& scores, const torch::Tensor& labels,
+                                        double temperature = 1);
+
+// For each row, a wrong label drawn from HardNegativeProbabilities. int64 [B].
+torch::Tensor SampleHardWrongLabels(const torch::Tensor& scores, const torch::Tensor& labels,
+                                    double temperature = 1);
 
 // Fraction of predicted == labels, in [0, 1]; 0 for empty input.
 double Accuracy(const torch::Tensor& predicted, const torch::Tensor& labels);

@@ -21,7 +21,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -128,13 +127,12 @@ ExperimentOptions ParseFlags(int argc, char** argv) {
   return options;
 }
 
-// Mean over x of the largest probability the goodness-sampled hard negatives
-// give one wrong label: near 1 means the draw is all but deterministic.
-double TopWrongLabelProbability(ForwardForwardTrainer& ff, const torch::Tensor& x,
-                                const torch::Tensor& labels) {
-  torch::Tensor scores = ff.LabelGoodness(x) / ff.options().hard_negative_temperature;
-  scores.scatter_(1, labels.unsqueeze(1), -std::numeric_limits<float>::infinity());
-  return torch::softmax(scores, 1).amax(1).mean().item<double>();
+// Mean over rows of the largest probability the goodness-sampled hard
+// negatives give one wrong label: near 1 means the draw is all but
+// deterministic.
+double TopWrongLabelProbability(const torch::Tensor& goodness, const torch::Tensor& labels,
+                                double temperature) {
+  return HardNegativeProbabilities(goodness, labels, temperature).amax(1).mean().item<double>();
 }
 
 double Seconds(std::chrono::steady_clock::time_point start) {
@@ -210,7 +208,9 @@ int Main(int argc, char** argv) {
     bp_train_s += bp_epoch_s;
 
     const auto eval_start = std::chrono::steady_clock::now();
-    ff_goodness = Accuracy(ff.PredictGoodness(test_x), test->labels);
+    // One goodness pass over the test set serves the accuracy and the diagnostic.
+    const torch::Tensor goodness = ff.LabelGoodness(test_x);
+    ff_goodness = Accuracy(goodness.argmax(1), test->labels);
     ff_softmax = Accuracy(ff.PredictSoftmax(test_x), test->labels);
     if (options.backprop) bp_accuracy = Accuracy(backprop.Predict(test_x), test->labels);
     std::printf(
@@ -218,7 +218,8 @@ int Main(int argc, char** argv) {
         "ff_softmax %.4f backprop %.4f | top wrong-label p %.3f | ff %.1fs bp %.1fs eval %.1fs\n",
         epoch, options.epochs, learning_rate, ff_loss / steps, softmax_loss / steps,
         bp_loss / steps, ff_goodness, ff_softmax, bp_accuracy,
-        TopWrongLabelProbability(ff, test_x.slice(0, 0, 2000), test->labels.slice(0, 0, 2000)),
+        TopWrongLabelProbability(goodness.slice(0, 0, 2000), test->labels.slice(0, 0, 2000),
+                                 options.model.hard_negative_temperature),
         ff_epoch_s, bp_epoch_s, Seconds(eval_start));
     std::fflush(stdout);
     epochs_done = epoch;

@@ -147,6 +147,24 @@ TEST(SampleHardWrongLabelsTest, NeverTrueAndFollowsScores) {
   EXPECT_NEAR(hard.eq(7).to(torch::kFloat64).mean().item<double>(), 91.0 / 99.0, 0.01);
 }
 
+TEST(HardNegativeProbabilitiesTest, TemperatureSoftensTowardUniform) {
+  const torch::Tensor label = torch::full({1}, 3, torch::kInt64);
+  torch::Tensor scores = torch::zeros({1, 10});
+  scores[0][3] = 50;
+  scores[0][7] = 2 * std::log(91.0);
+  // At temperature 2 the runner-up gets exp(log 91) / (91 + 8), as at 1 with half the score.
+  const torch::Tensor warm = HardNegativeProbabilities(scores, label, 2);
+  EXPECT_EQ(warm[0][3].item<float>(), 0);
+  EXPECT_NEAR(warm[0][7].item<double>(), 91.0 / 99.0, 1e-5);
+  EXPECT_NEAR(warm.sum().item<double>(), 1, 1e-5);
+  // Infinity: uniform over the nine wrong labels, still never the true one.
+  const torch::Tensor uniform =
+      HardNegativeProbabilities(scores, label, std::numeric_limits<double>::infinity());
+  EXPECT_EQ(uniform[0][3].item<float>(), 0);
+  EXPECT_TRUE(torch::allclose(uniform.index_select(1, torch::tensor({0, 1, 2, 4, 5, 6, 7, 8, 9})),
+                              torch::full({1, 9}, 1.0 / 9)));
+}
+
 TEST(ForwardForwardTest, LayerLossHasGradientsOnlyForItsOwnLayer) {
   torch::manual_seed(0);
   ForwardForwardOptions options = SmallOptions();
