@@ -12,7 +12,8 @@
 //      probabilities.
 //
 //   reward_tuning_experiment [--seed N] [--threads N] [--out DIR]
-//       [--train-scenes N] [--test-scenes N] [--canvas PX] [--max-objects N]
+//       [--train-scenes N] [--test-scenes N] [--canvas PX] [--min-objects N]
+//       [--max-objects N] [--min-scale X] [--max-scale X]
 //       [--max-boxes N] [--mle-epochs N] [--mle-batch N] [--mle-lr X] [--mle-cache FILE]
 //       [--rl-steps N] [--rl-lr X] [--rl-batch N] [--samples N] [--eval-every N]
 //       [--save-tuned FILE] [--rl-first-step N]
@@ -73,7 +74,10 @@ struct Args {
   int64_t train_scenes = 60000;
   int64_t test_scenes = 1000;
   int64_t canvas = 32;
+  int64_t min_objects = 1;
   int64_t max_objects = 3;
+  double min_scale = 0.4;
+  double max_scale = 0.7;
   int64_t max_boxes = 0;  // 0: max_objects, the job's choice.
   int64_t mle_epochs = 10;
   int64_t mle_batch = 16;
@@ -267,9 +271,10 @@ void RunDetection(const Args& args) {
   // Shrunk to fit a shared 2-core CPU (see docs/results/reward_tuning.md): 32 px
   // canvases with 1-3 items of 11-20 px, instead of the jobs' 64 px and 1-4.
   scene_spec.set_canvas_size(static_cast<int32_t>(args.canvas));
+  scene_spec.set_min_objects(static_cast<int32_t>(args.min_objects));
   scene_spec.set_max_objects(static_cast<int32_t>(args.max_objects));
-  scene_spec.set_min_scale(0.4);
-  scene_spec.set_max_scale(0.7);
+  scene_spec.set_min_scale(args.min_scale);
+  scene_spec.set_max_scale(args.max_scale);
   scene_spec = ResolveSceneData(scene_spec);
   double t0 = Now();
   SceneSet data = Value(LoadScenes(scene_spec, torch::kCPU));
@@ -582,8 +587,14 @@ int main(int argc, char** argv) {
       args.test_scenes = std::atoll(value.c_str());
     else if (flag == "--canvas")
       args.canvas = std::atoll(value.c_str());
+    else if (flag == "--min-objects")
+      args.min_objects = std::atoll(value.c_str());
     else if (flag == "--max-objects")
       args.max_objects = std::atoll(value.c_str());
+    else if (flag == "--min-scale")
+      args.min_scale = std::atof(value.c_str());
+    else if (flag == "--max-scale")
+      args.max_scale = std::atof(value.c_str());
     else if (flag == "--max-boxes")
       args.max_boxes = std::atoll(value.c_str());
     else if (flag == "--mle-epochs")
