@@ -84,18 +84,17 @@ SampledSequences Generate(Pix2SeqImpl& model, const torch::Tensor& images, int64
   if (copies > 1) memory = memory.repeat_interleave(copies, /*dim=*/0);
   const int64_t m = memory.size(0);
   const auto long_options = torch::TensorOptions().dtype(torch::kLong).device(memory.device());
-  torch::Tensor inputs = torch::full({m, 1}, tokenizer.bos(), long_options);
+  DecoderCache cache = model.StartDecoding(memory);
+  torch::Tensor input = torch::full({m}, tokenizer.bos(), long_options);
   torch::Tensor finished = torch::zeros({m}, long_options.dtype(torch::kBool));
   std::vector<torch::Tensor> tokens, masks, log_probs;
   // confidences[t]: the head's output at the position whose input is output
   // token t (read one step later).
   std::vector<torch::Tensor> confidences;
   for (int64_t step = 0; step < limit; ++step) {
-    // The whole prefix each step: sequences are at most 21 tokens, so a KV
-    // cache would save little and add state.
-    const DecoderOutput decoded = model.DecodeWithConfidence(memory, inputs);
-    if (step > 0) confidences.push_back(decoded.confidence.select(1, step).sigmoid());
-    const torch::Tensor logits = decoded.logits.select(1, step);
+    const DecoderOutput decoded = model.DecodeNext(cache, input);
+    if (step > 0) confidences.push_back(decoded.confidence.select(1, 0).sigmoid());
+    const torch::Tensor logits = decoded.logits.select(1, 0);
     const torch::Tensor logp = (logits.to(torch::kFloat) / temperature).log_softmax(-1);
     torch::Tensor next =
         generator.has_value()
@@ -108,7 +107,7 @@ SampledSequences Generate(Pix2SeqImpl& model, const torch::Tensor& images, int64
     masks.push_back(live_float);
     log_probs.push_back(logp.gather(1, next.unsqueeze(1)).squeeze(1) * live_float);
     finished = finished | next.eq(tokenizer.eos());
-    inputs = torch::cat({inputs, next.unsqueeze(1)}, 1);
+    input = next;
     if (finished.all().item<bool>()) break;
   }
   SampledSequences out;
@@ -167,15 +166,29 @@ torch::Tensor Pix2SeqAttentionImpl::forward(const torch::Tensor& x, const torch:
                   x.size(2) == context.size(2),
               "attention expects x (N, T, C) and context (N, S, C), got ", x.sizes(), " and ",
               context.sizes());
-  const int64_t n = x.size(0);
-  const int64_t t = x.size(1);
+  const auto [k, v] = KeysValues(context);
+  return Attend(x, k, v, causal);
+}
+
+std::pair<torch::Tensor, torch::Tensor> Pix2SeqAttentionImpl::KeysValues(
+    const torch::Tensor& context) {
+  const int64_t n = context.size(0);
   const int64_t s = context.size(1);
-  const int64_t c = x.size(2);
+  const int64_t c = context.size(2);
   const int64_t d = c / n_head_;
   const std::vector<torch::Tensor> kv = kv_(context).split(c, /*dim=*/2);
+  return {kv[0].view({n, s, n_head_, d}).transpose(1, 2),
+          kv[1].view({n, s, n_head_, d}).transpose(1, 2)};
+}
+
+torch::Tensor Pix2SeqAttentionImpl::Attend(const torch::Tensor& x, const torch::Tensor& k,
+                                           const torch::Tensor& v, bool causal) {
+  const int64_t n = x.size(0);
+  const int64_t t = x.size(1);
+  const int64_t s = k.size(2);
+  const int64_t c = x.size(2);
+  const int64_t d = c / n_head_;
   const torch::Tensor q = q_(x).view({n, t, n_head_, d}).transpose(1, 2);
-  const torch::Tensor k = kv[0].view({n, s, n_head_, d}).transpose(1, 2);
-  const torch::Tensor v = kv[1].view({n, s, n_head_, d}).transpose(1, 2);
 
   torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(d));
   if (causal) {
@@ -206,6 +219,27 @@ torch::Tensor Pix2SeqDecoderBlockImpl::forward(const torch::Tensor& x,
   const torch::Tensor h = ln_1_(x);
   torch::Tensor y = x + self_attn_(h, h, /*causal=*/true);
   y = y + cross_attn_(ln_2_(y), memory, /*causal=*/false);
+  return y + torch::dropout(fc_proj_(torch::gelu(fc_(ln_3_(y)))), dropout_, is_training());
+}
+
+DecoderLayerCache Pix2SeqDecoderBlockImpl::StartCache(const torch::Tensor& memory) {
+  DecoderLayerCache cache;
+  std::tie(cache.cross_keys, cache.cross_values) = cross_attn_->KeysValues(memory);
+  return cache;
+}
+
+torch::Tensor Pix2SeqDecoderBlockImpl::Step(const torch::Tensor& x, DecoderLayerCache& cache) {
+  const torch::Tensor h = ln_1_(x);
+  auto [k, v] = self_attn_->KeysValues(h);
+  if (cache.self_keys.defined()) {
+    k = torch::cat({cache.self_keys, k}, /*dim=*/2);
+    v = torch::cat({cache.self_values, v}, /*dim=*/2);
+  }
+  cache.self_keys = k;
+  cache.self_values = v;
+  // The new position may see every cached one: no mask needed.
+  torch::Tensor y = x + self_attn_->Attend(h, k, v, /*causal=*/false);
+  y = y + cross_attn_->Attend(ln_2_(y), cache.cross_keys, cache.cross_values, /*causal=*/false);
   return y + torch::dropout(fc_proj_(torch::gelu(fc_(ln_3_(y)))), dropout_, is_training());
 }
 
@@ -275,6 +309,34 @@ DecoderOutput Pix2SeqImpl::DecodeWithConfidence(const torch::Tensor& memory,
   const torch::Tensor features = ln_f_(x);
   const torch::Tensor logits = head_(features);
   const torch::Tensor allowed = allowed_.slice(0, 0, t).to(logits.device());
+  return {logits.masked_fill(allowed.logical_not(), kMaskedLogit),
+          confidence_(features).squeeze(-1)};
+}
+
+DecoderCache Pix2SeqImpl::StartDecoding(const torch::Tensor& memory) {
+  TORCH_CHECK(memory.dim() == 3 && memory.size(2) == config_.n_embd, "memory must be (N, S, ",
+              config_.n_embd, "), got ", memory.sizes());
+  DecoderCache cache;
+  for (const auto& block : *blocks_) {
+    cache.layers.push_back(block->as<Pix2SeqDecoderBlock>()->StartCache(memory));
+  }
+  return cache;
+}
+
+DecoderOutput Pix2SeqImpl::DecodeNext(DecoderCache& cache, const torch::Tensor& tokens) {
+  TORCH_CHECK(tokens.dim() == 1, "tokens must be (N), got ", tokens.sizes());
+  TORCH_CHECK(cache.length < max_len(), "decoder input length must be at most ", max_len());
+  const int64_t t = cache.length;
+  torch::Tensor x =
+      torch::dropout(tok_emb_(tokens.unsqueeze(1)) + pos_emb_->weight.slice(0, t, t + 1),
+                     config_.dropout, is_training());
+  for (size_t i = 0; i < blocks_->size(); ++i) {
+    x = (*blocks_)[i]->as<Pix2SeqDecoderBlock>()->Step(x, cache.layers[i]);
+  }
+  ++cache.length;
+  const torch::Tensor features = ln_f_(x);
+  const torch::Tensor logits = head_(features);
+  const torch::Tensor allowed = allowed_.slice(0, t, t + 1).to(logits.device());
   return {logits.masked_fill(allowed.logical_not(), kMaskedLogit),
           confidence_(features).squeeze(-1)};
 }

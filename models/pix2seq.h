@@ -72,6 +72,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -112,6 +113,19 @@ absl::Status ValidatePix2SeqConfig(const Pix2SeqConfig& config);
 // softmax gives them exactly 0 and entropies stay finite (no 0 * -inf).
 inline constexpr double kMaskedLogit = -1e9;
 
+// One decoder block's state during incremental decoding: keys and values
+// (N, n_head, T or S, C / n_head).
+struct DecoderLayerCache {
+  torch::Tensor self_keys, self_values;    // of the positions decoded so far; T grows.
+  torch::Tensor cross_keys, cross_values;  // of the memory; computed once.
+};
+
+// The decoder's state between DecodeNext calls.
+struct DecoderCache {
+  std::vector<DecoderLayerCache> layers;
+  int64_t length = 0;  // positions decoded so far.
+};
+
 // Multi-head attention of queries x (N, T, C) over context (N, S, C); with
 // `causal`, query t sees context positions <= t (context is then x itself).
 // Submodules "q" (C -> C), "kv" (C -> 2C) and "proj" (C -> C).
@@ -120,6 +134,13 @@ class Pix2SeqAttentionImpl : public torch::nn::Module {
   Pix2SeqAttentionImpl(int64_t n_embd, int64_t n_head, double dropout);
 
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context, bool causal);
+
+  // The keys and values of context (N, S, C), each (N, n_head, S, C / n_head):
+  // what incremental decoding caches instead of recomputing every step.
+  std::pair<torch::Tensor, torch::Tensor> KeysValues(const torch::Tensor& context);
+  // Attention of queries x (N, T, C) over precomputed keys and values.
+  torch::Tensor Attend(const torch::Tensor& x, const torch::Tensor& keys,
+                       const torch::Tensor& values, bool causal);
 
  private:
   int64_t n_head_;
@@ -136,6 +157,13 @@ class Pix2SeqDecoderBlockImpl : public torch::nn::Module {
   Pix2SeqDecoderBlockImpl(int64_t n_embd, int64_t n_head, double dropout);
 
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory);
+
+  // forward for one new position x (N, 1, C), given this block's cache: the
+  // self-attention keys and values of the earlier positions (appended to) and
+  // the cross-attention keys and values of the memory.
+  torch::Tensor Step(const torch::Tensor& x, DecoderLayerCache& cache);
+  // The cache of a decoding that has not started, over memory (N, S, C).
+  DecoderLayerCache StartCache(const torch::Tensor& memory);
 
  private:
   torch::nn::LayerNorm ln_1_{nullptr};
@@ -179,6 +207,15 @@ class Pix2SeqImpl : public torch::nn::Module {
   // Decode's logits and the confidence head's logits from one pass.
   DecoderOutput DecodeWithConfidence(const torch::Tensor& memory,
                                      const torch::Tensor& input_tokens);
+
+  // Incremental decoding: DecodeWithConfidence for one more position at a
+  // time, with the keys and values of earlier positions (and of the memory)
+  // cached, so T steps cost O(T) token passes instead of O(T^2). StartDecoding
+  // over memory (N, S, n_embd); each DecodeNext feeds tokens (N) int64 at the
+  // next position and returns its logits (N, 1, V) and confidence (N, 1),
+  // equal (to rounding) to those of DecodeWithConfidence on the whole prefix.
+  DecoderCache StartDecoding(const torch::Tensor& memory);
+  DecoderOutput DecodeNext(DecoderCache& cache, const torch::Tensor& tokens);
 
   // Decode(Encode(images), input_tokens).
   torch::Tensor forward(const torch::Tensor& images, const torch::Tensor& input_tokens);

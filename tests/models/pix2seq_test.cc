@@ -124,6 +124,27 @@ TEST(Pix2SeqTest, DecoderIsCausal) {
   EXPECT_FALSE(torch::allclose(before.slice(1, 6), after.slice(1, 6)));
 }
 
+TEST(Pix2SeqTest, IncrementalDecodingMatchesTheWholePrefix) {
+  Pix2Seq model = MakeModel(TinyConfig(), 4);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor memory = model->Encode(torch::rand({3, 1, 64, 64}));
+  const torch::Tensor tokens = torch::randint(0, 64, {3, model->max_len()}, torch::kLong);
+  const DecoderOutput whole = model->DecodeWithConfidence(memory, tokens);
+  DecoderCache cache = model->StartDecoding(memory);
+  for (int64_t t = 0; t < model->max_len(); ++t) {
+    const DecoderOutput next = model->DecodeNext(cache, tokens.select(1, t));
+    ASSERT_EQ(next.logits.sizes(), torch::IntArrayRef({3, 1, model->vocab_size()}));
+    EXPECT_TRUE(torch::allclose(next.logits.select(1, 0), whole.logits.select(1, t), 1e-5, 1e-5))
+        << "position " << t;
+    EXPECT_TRUE(
+        torch::allclose(next.confidence.select(1, 0), whole.confidence.select(1, t), 1e-5, 1e-5))
+        << "position " << t;
+  }
+  EXPECT_EQ(cache.length, model->max_len());
+  EXPECT_THROW(model->DecodeNext(cache, tokens.select(1, 0)), c10::Error);
+}
+
 TEST(Pix2SeqTest, GrammarMasksLogits) {
   Pix2Seq model = MakeModel(TinyConfig(), 2);
   const BoxTokenizer& tokenizer = model->tokenizer();
