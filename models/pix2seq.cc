@@ -219,7 +219,11 @@ torch::Tensor Pix2SeqDecoderBlockImpl::forward(const torch::Tensor& x,
   const torch::Tensor h = ln_1_(x);
   torch::Tensor y = x + self_attn_(h, h, /*causal=*/true);
   y = y + cross_attn_(ln_2_(y), memory, /*causal=*/false);
-  return y + torch::dropout(fc_proj_(torch::gelu(fc_(ln_3_(y)))), dropout_, is_training());
+  return y + Mlp(y);
+}
+
+torch::Tensor Pix2SeqDecoderBlockImpl::Mlp(const torch::Tensor& y) {
+  return torch::dropout(fc_proj_(torch::gelu(fc_(ln_3_(y)))), dropout_, is_training());
 }
 
 DecoderLayerCache Pix2SeqDecoderBlockImpl::StartCache(const torch::Tensor& memory) {
@@ -240,7 +244,7 @@ torch::Tensor Pix2SeqDecoderBlockImpl::Step(const torch::Tensor& x, DecoderLayer
   // The new position may see every cached one: no mask needed.
   torch::Tensor y = x + self_attn_->Attend(h, k, v, /*causal=*/false);
   y = y + cross_attn_->Attend(ln_2_(y), cache.cross_keys, cache.cross_values, /*causal=*/false);
-  return y + torch::dropout(fc_proj_(torch::gelu(fc_(ln_3_(y)))), dropout_, is_training());
+  return y + Mlp(y);
 }
 
 Pix2SeqImpl::Pix2SeqImpl(Pix2SeqConfig config)
@@ -306,9 +310,14 @@ DecoderOutput Pix2SeqImpl::DecodeWithConfidence(const torch::Tensor& memory,
   torch::Tensor x =
       torch::dropout(tok_emb_(input_tokens) + pos_emb_(positions), config_.dropout, is_training());
   for (const auto& block : *blocks_) x = block->as<Pix2SeqDecoderBlock>()->forward(x, memory);
+  return Readout(x, /*first_position=*/0);
+}
+
+DecoderOutput Pix2SeqImpl::Readout(const torch::Tensor& x, int64_t first_position) {
   const torch::Tensor features = ln_f_(x);
   const torch::Tensor logits = head_(features);
-  const torch::Tensor allowed = allowed_.slice(0, 0, t).to(logits.device());
+  const torch::Tensor allowed =
+      allowed_.slice(0, first_position, first_position + x.size(1)).to(logits.device());
   return {logits.masked_fill(allowed.logical_not(), kMaskedLogit),
           confidence_(features).squeeze(-1)};
 }
@@ -334,11 +343,7 @@ DecoderOutput Pix2SeqImpl::DecodeNext(DecoderCache& cache, const torch::Tensor& 
     x = (*blocks_)[i]->as<Pix2SeqDecoderBlock>()->Step(x, cache.layers[i]);
   }
   ++cache.length;
-  const torch::Tensor features = ln_f_(x);
-  const torch::Tensor logits = head_(features);
-  const torch::Tensor allowed = allowed_.slice(0, t, t + 1).to(logits.device());
-  return {logits.masked_fill(allowed.logical_not(), kMaskedLogit),
-          confidence_(features).squeeze(-1)};
+  return Readout(x, t);
 }
 
 torch::Tensor Pix2SeqImpl::forward(const torch::Tensor& images, const torch::Tensor& input_tokens) {

@@ -166,6 +166,9 @@ class Pix2SeqDecoderBlockImpl : public torch::nn::Module {
   DecoderLayerCache StartCache(const torch::Tensor& memory);
 
  private:
+  // The residual branch after attention: ln_3, fc, GELU, fc_proj, dropout.
+  torch::Tensor Mlp(const torch::Tensor& y);
+
   torch::nn::LayerNorm ln_1_{nullptr};
   Pix2SeqAttention self_attn_{nullptr};
   torch::nn::LayerNorm ln_2_{nullptr};
@@ -243,6 +246,10 @@ class Pix2SeqImpl : public torch::nn::Module {
   torch::nn::Linear head_{nullptr};
   torch::nn::Linear confidence_{nullptr};
   torch::Tensor allowed_;  // (max_len, V) bool: the grammar; not a buffer, never saved.
+
+  // Logits (grammar applied) and confidence of the decoder's last hidden
+  // states x (N, T, C) for positions first_position .. first_position + T - 1.
+  DecoderOutput Readout(const torch::Tensor& x, int64_t first_position);
 };
 TORCH_MODULE(Pix2Seq);
 
