@@ -9,9 +9,9 @@
 // A fresh, untrained detector: its end token is one choice among ~60 at each
 // box boundary, so some of the batch's sequences run to the longest length
 // (--boxes boxes) and both decoders run every step on the whole batch (the
-// step counts are printed). Prints sequences/s of each and the ratio. Defaults: the crowded-scene
-// detector of docs/results/reward_tuning.md (48 px canvas, 10 boxes, 32 scenes x 8 samples: one
-// reward-tuning step's sampling).
+// step counts are printed). Prints sequences/s of each and the ratio.
+// Defaults: the crowded-scene detector of docs/results/reward_tuning.md (48 px
+// canvas, 10 boxes, 32 scenes x 8 samples: one reward-tuning step's sampling).
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>

@@ -136,6 +136,26 @@ void PrintDetection(const char* name, const DetectorEvaluation& e) {
               100 * e.metrics.duplicate_rate, e.mean_reward, e.mean_length);
 }
 
+// What the diagnostics below report for post-processed greedy boxes
+// (predictions[s] for test scene s): COCO metrics, the mean reward, and the
+// length as if the boxes had been emitted (five tokens per box and the EOS).
+DetectorEvaluation EvaluatePredictions(const std::vector<std::vector<ScoredBox>>& predictions,
+                                       const Scenes& scenes, const RewardFn& reward) {
+  double reward_sum = 0, length_sum = 0;
+  for (size_t s = 0; s < predictions.size(); ++s) {
+    std::vector<Box> plain;
+    for (const ScoredBox& box : predictions[s]) plain.push_back(box.box);
+    reward_sum += Value(reward(RewardInput(plain), RewardInput(scenes.objects[s])));
+    length_sum += BoxTokenizer::kTokensPerObject * static_cast<double>(plain.size()) + 1;
+  }
+  const double n = static_cast<double>(predictions.size());
+  DetectorEvaluation out;
+  out.metrics = Value(ComputeDetectionMetrics(predictions, scenes.objects));
+  out.mean_reward = reward_sum / n;
+  out.mean_length = length_sum / n;
+  return out;
+}
+
 // A diagnostic, not a method: greedy decoding plus, for every box, copies
 // with the next `extra` most probable classes, each scored by its own class
 // probability (times the box's predicted IoU). The reward neither pays nor
@@ -147,7 +167,6 @@ DetectorEvaluation EvaluateWithClassAlternatives(Pix2SeqImpl& model, const Scene
   torch::NoGradGuard no_grad;
   const BoxTokenizer& tokenizer = model.tokenizer();
   std::vector<std::vector<ScoredBox>> predictions;
-  double reward_sum = 0, length_sum = 0;
   const int64_t n = scenes.images.size(0), batch = 100;
   for (int64_t start = 0; start < n; start += batch) {
     const torch::Tensor images = scenes.images.slice(0, start, std::min(n, start + batch));
@@ -178,19 +197,10 @@ DetectorEvaluation EvaluateWithClassAlternatives(Pix2SeqImpl& model, const Scene
           boxes.push_back(copy);
         }
       }
-      std::vector<Box> plain;
-      for (const ScoredBox& box : boxes) plain.push_back(box.box);
-      reward_sum += Value(reward(RewardInput(plain), RewardInput(scenes.objects[start + i])));
-      // As if emitted: five tokens per box and the EOS.
-      length_sum += BoxTokenizer::kTokensPerObject * static_cast<double>(plain.size()) + 1;
       predictions.push_back(std::move(boxes));
     }
   }
-  DetectorEvaluation out;
-  out.metrics = Value(ComputeDetectionMetrics(predictions, scenes.objects));
-  out.mean_reward = reward_sum / n;
-  out.mean_length = length_sum / n;
-  return out;
+  return EvaluatePredictions(predictions, scenes, reward);
 }
 
 // A diagnostic for the duplicates reward tuning adds: the greedy boxes after
@@ -203,7 +213,6 @@ DetectorEvaluation EvaluateWithNms(Pix2SeqImpl& model, const Scenes& scenes,
   model.eval();
   torch::NoGradGuard no_grad;
   std::vector<std::vector<ScoredBox>> predictions;
-  double reward_sum = 0, length_sum = 0;
   const int64_t n = scenes.images.size(0), batch = 100;
   for (int64_t start = 0; start < n; start += batch) {
     const SampledSequences greedy =
@@ -212,26 +221,16 @@ DetectorEvaluation EvaluateWithNms(Pix2SeqImpl& model, const Scenes& scenes,
       std::stable_sort(boxes.begin(), boxes.end(),
                        [](const ScoredBox& a, const ScoredBox& b) { return a.score > b.score; });
       std::vector<ScoredBox> kept;
-      std::vector<Box> plain;
       for (const ScoredBox& box : boxes) {
         const bool suppressed = std::any_of(kept.begin(), kept.end(), [&](const ScoredBox& k) {
           return k.box.label == box.box.label && Iou(k.box, box.box) >= 0.5;
         });
-        if (suppressed) continue;
-        kept.push_back(box);
-        plain.push_back(box.box);
+        if (!suppressed) kept.push_back(box);
       }
-      const int64_t scene = static_cast<int64_t>(predictions.size());
-      reward_sum += Value(reward(RewardInput(plain), RewardInput(scenes.objects[scene])));
-      length_sum += BoxTokenizer::kTokensPerObject * static_cast<double>(plain.size()) + 1;
       predictions.push_back(std::move(kept));
     }
   }
-  DetectorEvaluation out;
-  out.metrics = Value(ComputeDetectionMetrics(predictions, scenes.objects));
-  out.mean_reward = reward_sum / n;
-  out.mean_length = length_sum / n;
-  return out;
+  return EvaluatePredictions(predictions, scenes, reward);
 }
 
 // --- A line plot in a pixel buffer. ---------------------------------------
