@@ -60,15 +60,33 @@ std::vector<std::string> ParseDocuments(absl::string_view text) {
     AddDocument(lines, begin, i, documents);
     begin = i + 1;
   }
+  // Plain text that is one paragraph: one document per line, the usual form
+  // of a corpus of sentences or records.
+  if (!fortune && documents.size() == 1) {
+    documents.clear();
+    for (size_t i = 0; i < lines.size(); ++i) AddDocument(lines, i, i + 1, documents);
+  }
   return documents;
+}
+
+// The text of `path`; InvalidArgument naming the file if it holds a NUL byte,
+// which no text encoding but UTF-16/32 uses: a binary file in a text
+// directory, or text saved as UTF-16.
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
+  OFFSITE_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  if (const size_t nul = text.find('\0'); nul != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, " is not a text file (a NUL byte at offset ", nul, "); text must be UTF-8"));
+  }
+  return text;
 }
 
 bool SkippedInDirectory(const std::string& name) {
   return absl::StartsWith(name, ".") || absl::EndsWith(name, ".dat") || absl::EndsWith(name, ".u8");
 }
 
-torch::Tensor EncodeAll(const std::vector<std::string>& documents,
-                        const std::vector<size_t>& order, const DocumentEncoder& encoder) {
+torch::Tensor EncodeAll(const std::vector<std::string>& documents, const std::vector<size_t>& order,
+                        const DocumentEncoder& encoder) {
   std::vector<int64_t> ids;
   for (size_t index : order) {
     const std::vector<int64_t> doc = encoder.encode(documents[index]);
@@ -117,7 +135,7 @@ absl::StatusOr<std::string> ByteTokenizer::Decode(const torch::Tensor& ids) {
 }
 
 absl::StatusOr<std::vector<std::string>> ReadFortunes(const std::string& path) {
-  OFFSITE_ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
+  OFFSITE_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(path));
   std::vector<std::string> documents = ParseDocuments(text);
   if (documents.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("no text documents in ", path));
@@ -147,7 +165,7 @@ absl::StatusOr<std::vector<std::string>> ReadTextDocuments(const std::string& pa
 
   std::vector<std::string> documents;
   for (const std::string& file : files) {
-    OFFSITE_ASSIGN_OR_RETURN(const std::string text, ReadFile(file));
+    OFFSITE_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(file));
     std::vector<std::string> parsed = ParseDocuments(text);
     documents.insert(documents.end(), std::make_move_iterator(parsed.begin()),
                      std::make_move_iterator(parsed.end()));
@@ -166,8 +184,8 @@ absl::StatusOr<DocumentEncoder> BpeDocumentEncoder(absl::string_view vocab_json,
   std::optional<int64_t> end = tokenizer->TokenId(kEndOfTextText);
   if (!end) end = tokenizer->TokenId("</s>");
   if (!end) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "vocab.json: no end-of-text token (\"", kEndOfTextText, "\" or \"</s>\")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocab.json: no end-of-text token (\"", kEndOfTextText, "\" or \"</s>\")"));
   }
   DocumentEncoder encoder;
   encoder.encode = [tokenizer](absl::string_view text) { return tokenizer->Encode(text); };
@@ -185,13 +203,15 @@ absl::StatusOr<TokenSplits> TokenizeDocuments(const std::vector<std::string>& do
         absl::StrCat("validation_fraction must be in (0, 1), got ", validation_fraction));
   }
   const size_t n = documents.size();
-  const auto n_validation =
-      static_cast<size_t>(std::llround(validation_fraction * static_cast<double>(n)));
-  if (n_validation == 0 || n_validation == n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a validation fraction of ", validation_fraction, " of ", n,
-                     " documents leaves ", n_validation == 0 ? "validation" : "train", " empty"));
+  if (n < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        n, " document", n == 1 ? " is" : "s are",
+        " too few for a train/validation split; documents are fortune entries (between \"%\" "
+        "lines), else paragraphs (between blank lines), else lines"));
   }
+  // At least one document on each side, so a small corpus still splits.
+  const size_t n_validation = std::clamp<size_t>(
+      static_cast<size_t>(std::llround(validation_fraction * static_cast<double>(n))), 1, n - 1);
   // Fisher-Yates on mt19937_64, whose output the standard fixes, rather than
   // std::shuffle, whose use of the engine is up to each library.
   std::vector<size_t> order(n);
@@ -200,8 +220,8 @@ absl::StatusOr<TokenSplits> TokenizeDocuments(const std::vector<std::string>& do
   for (size_t i = n - 1; i > 0; --i) std::swap(order[i], order[rng() % (i + 1)]);
 
   TokenSplits splits;
-  splits.validation =
-      EncodeAll(documents, std::vector<size_t>(order.begin(), order.begin() + n_validation), encoder);
+  splits.validation = EncodeAll(
+      documents, std::vector<size_t>(order.begin(), order.begin() + n_validation), encoder);
   splits.train =
       EncodeAll(documents, std::vector<size_t>(order.begin() + n_validation, order.end()), encoder);
   return splits;

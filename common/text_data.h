@@ -70,10 +70,11 @@ absl::StatusOr<DocumentEncoder> BpeDocumentEncoder(absl::string_view vocab_json,
 //
 // A file with no "%" line is read as plain text instead: each paragraph
 // (lines up to a blank or all-whitespace line) is one document, so that a
-// book or notes file still splits into many documents.
+// book or notes file still splits into many documents; a file that is one
+// paragraph gives one document per line.
 //
 // Errors name the file: NotFound etc. from reading it, InvalidArgument if it
-// holds no document.
+// holds no document or is not text (a NUL byte: binary, or UTF-16).
 absl::StatusOr<std::vector<std::string>> ReadFortunes(const std::string& path);
 
 // ReadFortunes on `path` if it is a file; if it is a directory, on every
@@ -81,7 +82,8 @@ absl::StatusOr<std::vector<std::string>> ReadFortunes(const std::string& path);
 // their documents. Skipped in a directory: names starting with "." and the
 // fortune index companions "*.dat" and "*.u8" (strfile's index and a symlink
 // to the same text). A file in a directory may hold no document; the whole
-// directory must hold at least one (else InvalidArgument).
+// directory must hold at least one, and every file read must be text (else
+// InvalidArgument naming it).
 absl::StatusOr<std::vector<std::string>> ReadTextDocuments(const std::string& path);
 
 // Token streams of a document-level split: 1-D int64 tensors of the
@@ -92,10 +94,11 @@ struct TokenSplits {
 };
 
 // Shuffles `documents` deterministically by `seed` (same seed, same split, on
-// any platform), puts the first round(validation_fraction * n) of them in
-// validation and the rest in train (no document is in both), and encodes each
-// split in that shuffled order. InvalidArgument if validation_fraction is not
-// in (0, 1) or either split would get no document.
+// any platform), puts the first round(validation_fraction * n) of them, but at
+// least one and at most n - 1, in validation and the rest in train (no
+// document is in both), and encodes each split in that shuffled order.
+// InvalidArgument if validation_fraction is not in (0, 1) or there are fewer
+// than 2 documents.
 absl::StatusOr<TokenSplits> TokenizeDocuments(const std::vector<std::string>& documents,
                                               double validation_fraction, uint64_t seed,
                                               const DocumentEncoder& encoder = DocumentEncoder());

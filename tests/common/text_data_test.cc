@@ -136,6 +136,16 @@ TEST_F(TextDataTest, ReadsPlainTextAsParagraphs) {
   EXPECT_THAT(*documents, ElementsAre("A paragraph\nof two lines.", "Another."));
 }
 
+TEST_F(TextDataTest, ReadsPlainTextOfOneParagraphAsLines) {
+  const std::string path = Write("sentences.txt",
+                                 "The first record.\n"
+                                 "The second record.\r\n"
+                                 "The third.\n");
+  const absl::StatusOr<std::vector<std::string>> documents = ReadFortunes(path);
+  ASSERT_TRUE(documents.ok()) << documents.status();
+  EXPECT_THAT(*documents, ElementsAre("The first record.", "The second record.", "The third."));
+}
+
 TEST_F(TextDataTest, ErrorsNameTheFile) {
   const std::string missing = (dir_ / "missing").string();
   const absl::StatusOr<std::vector<std::string>> not_found = ReadFortunes(missing);
@@ -147,6 +157,17 @@ TEST_F(TextDataTest, ErrorsNameTheFile) {
   const absl::StatusOr<std::vector<std::string>> no_documents = ReadFortunes(empty);
   EXPECT_EQ(no_documents.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(no_documents.status().message(), HasSubstr(empty));
+
+  // A binary (or UTF-16) file, alone or among text files, is refused by name.
+  const std::string binary = Write("program", std::string("\x7f"
+                                                          "ELF\0\0\1text\n",
+                                                          11));
+  for (const std::string& path : {binary, dir_.string()}) {
+    const absl::Status status = ReadTextDocuments(path).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << path;
+    EXPECT_THAT(status.message(),
+                HasSubstr(binary + " is not a text file (a NUL byte at offset 4)"));
+  }
 }
 
 TEST_F(TextDataTest, ReadsADirectoryInNameOrderSkippingIndexFiles) {
@@ -247,17 +268,26 @@ TEST(BpeDocumentEncoderTest, EndsDocumentsWithOptsTokenOrRefusesWithoutOne) {
   EXPECT_THAT(BpeDocumentEncoder("{}", "").status().message(), HasSubstr("vocab.json"));
 }
 
-TEST(TokenizeDocumentsTest, RefusesAnEmptySplit) {
-  EXPECT_EQ(TokenizeDocuments(ManyDocuments(3), 0.1, 1).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(TokenizeDocuments(ManyDocuments(3), 0.9, 1).status().code(),
-            absl::StatusCode::kInvalidArgument);
+TEST(TokenizeDocumentsTest, KeepsADocumentOnEachSideOfASmallCorpus) {
+  // round(0.1 * 3) = 0 and round(0.9 * 3) = 3 would leave a split empty.
+  for (const double fraction : {0.1, 0.9}) {
+    const absl::StatusOr<TokenSplits> splits = TokenizeDocuments(ManyDocuments(3), fraction, 1);
+    ASSERT_TRUE(splits.ok()) << splits.status();
+    EXPECT_EQ(DecodeDocuments(splits->validation).size(), fraction < 0.5 ? 1u : 2u);
+    EXPECT_EQ(DecodeDocuments(splits->train).size(), fraction < 0.5 ? 2u : 1u);
+  }
+  EXPECT_TRUE(TokenizeDocuments(ManyDocuments(2), 0.5, 1).ok());
+}
+
+TEST(TokenizeDocumentsTest, RefusesABadFractionOrTooFewDocuments) {
   EXPECT_EQ(TokenizeDocuments(ManyDocuments(10), 0.0, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(TokenizeDocuments(ManyDocuments(10), 1.0, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(TokenizeDocuments({}, 0.5, 1).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(TokenizeDocuments(ManyDocuments(2), 0.5, 1).ok());
+  const absl::Status one = TokenizeDocuments(ManyDocuments(1), 0.5, 1).status();
+  EXPECT_EQ(one.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(one.message(), HasSubstr("1 document is too few"));
 }
 
 TEST(TextWindowsTest, SampledWindowsAreContiguousRunsOfTheStream) {
