@@ -386,6 +386,18 @@ absl::StatusOr<std::string> IdxFile(const std::string& dir, const std::string& n
       absl::StrCat("no ", name, "[.gz] in ", dir, " (or give --", flag, " FILE)"));
 }
 
+// Whether `dir` holds image data as PNG class folders rather than IDX files:
+// no IDX training images, and at least one sub-directory.
+bool IsPngFolderData(const std::string& dir) {
+  if (IdxFile(dir, "train-images-idx3-ubyte", "train-images").ok()) return false;
+  std::error_code error;
+  for (std::filesystem::directory_iterator it(dir, error), end; !error && it != end;
+       it.increment(error)) {
+    if (it->is_directory(error)) return true;
+  }
+  return false;
+}
+
 // The package's task: from DIR/manifest.textproto, else from the package file.
 absl::StatusOr<std::string> PackageTask(const std::string& dir) {
   v1::PackageManifest manifest;
@@ -410,7 +422,7 @@ absl::StatusOr<v1::TaskData> TaskDataFromFlags(const CliArgs& args, const std::s
   const std::string path = args.Get("data");
   const std::vector<std::string> image_flags = {"classes",      "test-data",   "train-images",
                                                 "train-labels", "test-images", "test-labels",
-                                                "train-subset", "test-subset"};
+                                                "train-subset", "test-subset", "image-side"};
   if (task == "language_modeling") {
     for (const std::string& flag : image_flags) {
       if (args.Has(flag)) {
@@ -450,11 +462,35 @@ absl::StatusOr<v1::TaskData> TaskDataFromFlags(const CliArgs& args, const std::s
           "\"", dir,
           "\" is not a directory; this package classifies images: give --data DIR "
           "holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
-          "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz], or the files with "
-          "--train-images, --train-labels, --test-images, --test-labels"));
+          "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] (or the files with "
+          "--train-images, --train-labels, --test-images, --test-labels), or PNG class "
+          "folders DIR/train/CLASS/*.png and DIR/test/CLASS/*.png"));
+    }
+  }
+  int32_t side = 0;
+  OFFSITE_RETURN_IF_ERROR(IntFlag(args, "image-side", &side));
+  images->set_image_side(side);
+  const bool idx_flags = std::any_of(files.begin(), files.end(),
+                                     [&](const File& file) { return args.Has(file.flag); });
+  if (!idx_flags && !path.empty() && IsPngFolderData(path)) {
+    // PNG class folders: DIR/train and DIR/test, or --data TRAIN --test-data TEST.
+    const std::string train = JoinPath(path, "train"), test = JoinPath(path, "test");
+    if (args.Has("test-data")) {
+      images->set_train_folder(path);
+      images->set_test_folder(test_dir);
+    } else if (std::filesystem::is_directory(train) && std::filesystem::is_directory(test)) {
+      images->set_train_folder(train);
+      images->set_test_folder(test);
+    } else {
+      return UsageError(absl::StrCat(
+          "\"", path,
+          "\" holds sub-folders but no IDX files: PNG class folders need a test split, "
+          "DIR/train/CLASS/*.png and DIR/test/CLASS/*.png, or --data TRAIN_DIR --test-data "
+          "TEST_DIR"));
     }
   }
   for (const File& file : files) {
+    if (!images->train_folder().empty()) break;
     if (args.Has(file.flag)) {
       *(images->*file.field)() = args.Get(file.flag);
       continue;
@@ -714,12 +750,12 @@ int RunOffsiteCommand(const std::vector<std::string>& words) {
   if (verb == "tune") {
     // Local only: no connection flags.
     flags = args->CheckFlags(
-        {"data",        "classes",      "test-data",         "train-images", "train-labels",
-         "test-images", "test-labels",  "train-subset",      "test-subset",  "validation-fraction",
-         "steps",       "epochs",       "batch-size",        "lr",           "weight-decay",
-         "warmup",      "clip",         "eval-interval",     "lora",         "lora-rank",
-         "lora-alpha",  "lora-dropout", "top-only",          "seed",         "threads",
-         "device",      "json",         "recompute-emulator"});
+        {"data",        "classes",      "test-data",          "train-images", "train-labels",
+         "test-images", "test-labels",  "train-subset",       "test-subset",  "validation-fraction",
+         "steps",       "epochs",       "batch-size",         "lr",           "weight-decay",
+         "warmup",      "clip",         "eval-interval",      "lora",         "lora-rank",
+         "lora-alpha",  "lora-dropout", "top-only",           "seed",         "threads",
+         "device",      "json",         "recompute-emulator", "image-side"});
     return flags.ok() ? OffsiteTune(*args) : Fail(flags);
   }
   if (verb == "push") {
@@ -742,6 +778,8 @@ std::string OffsiteUsage() {
          "  offsite offsite pull PACKAGE -o DIR\n"
          "  offsite offsite tune DIR --data PATH [--classes 5,6,7,8,9] [--test-data DIR]\n"
          "      [--train-images F --train-labels F --test-images F --test-labels F]\n"
+         "      [--image-side S (28; PNG folders: --data DIR with train/CLASS/*.png and\n"
+         "      test/CLASS/*.png)]\n"
          "      [--validation-fraction F] [--steps N | --epochs E (5)] [--batch-size B (32)]\n"
          "      [--lr X (1e-4 text, 1e-3 images)] [--weight-decay W] [--warmup N] [--clip C]\n"
          "      [--eval-interval N] [--lora [--lora-rank R] [--lora-alpha A] [--lora-dropout D]]\n"

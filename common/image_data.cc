@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/domain_shift.h"
 #include "common/file_util.h"
 #include "common/idx.h"
 #include "common/proto_util.h"
@@ -23,8 +24,8 @@ std::string OrDefault(const std::string& value, const std::string& fashion_mnist
 
 // Keeps the images of data.classes(), relabelled by their position in it.
 absl::Status KeepClasses(const v1::ImageData& data, LabeledImages& set) {
-  torch::Tensor relabel = torch::full({std::max<int64_t>(set.labels.max().item<int64_t>(), 0) + 1},
-                                      -1, torch::kLong);
+  torch::Tensor relabel =
+      torch::full({std::max<int64_t>(set.labels.max().item<int64_t>(), 0) + 1}, -1, torch::kLong);
   for (int i = 0; i < data.classes_size(); ++i) {
     if (data.classes(i) < relabel.size(0)) relabel[data.classes(i)] = i;
   }
@@ -55,20 +56,68 @@ absl::Status ValidateImageData(const v1::ImageData& data, const std::string& fie
   OFFSITE_RETURN_IF_ERROR(CheckFile(field + ".train_labels", data.train_labels()));
   OFFSITE_RETURN_IF_ERROR(CheckFile(field + ".test_images", data.test_images()));
   OFFSITE_RETURN_IF_ERROR(CheckFile(field + ".test_labels", data.test_labels()));
+  OFFSITE_RETURN_IF_ERROR(CheckRange(field + ".image_side", data.image_side(), 0, 4096));
+  if (!UsesFolders(data)) return absl::OkStatus();
+  if (data.train_folder().empty() || data.test_folder().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".", data.train_folder().empty() ? "train_folder" : "test_folder",
+        " is required with ", data.train_folder().empty() ? "test_folder" : "train_folder",
+        " (PNG folders give both splits)"));
+  }
+  for (const auto& [name, value] :
+       {std::pair<const char*, const std::string&>{"train_images", data.train_images()},
+        {"train_labels", data.train_labels()},
+        {"test_images", data.test_images()},
+        {"test_labels", data.test_labels()}}) {
+    if (!value.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".", name,
+                                                     ": IDX files and PNG folders "
+                                                     "(train_folder, test_folder) exclude "
+                                                     "each other"));
+    }
+  }
+  if (data.train_subset() != 0 || data.test_subset() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".", data.train_subset() != 0 ? "train_subset" : "test_subset",
+        ": subsets are for IDX files (a folder's first images are all of its first class)"));
+  }
+  OFFSITE_RETURN_IF_ERROR(CheckFile(field + ".train_folder", data.train_folder()));
+  OFFSITE_RETURN_IF_ERROR(CheckFile(field + ".test_folder", data.test_folder()));
   return absl::OkStatus();
 }
 
+bool UsesFolders(const v1::ImageData& data) {
+  return !data.train_folder().empty() || !data.test_folder().empty();
+}
+
+absl::Status RequireIdxFiles(const v1::ImageData& data, const std::string& field) {
+  if (!UsesFolders(data)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ".", data.train_folder().empty() ? "test_folder" : "train_folder",
+      ": this job reads IDX files only (train_images, train_labels, test_images, test_labels)"));
+}
+
 absl::StatusOr<ImageDataSet> LoadImageData(const v1::ImageData& data, torch::Device device) {
-  OFFSITE_ASSIGN_OR_RETURN(
-      LabeledImages train,
-      LoadIdxDataset(OrDefault(data.train_images(), "train-images-idx3-ubyte.gz"),
-                     OrDefault(data.train_labels(), "train-labels-idx1-ubyte.gz"),
-                     data.train_subset()));
-  OFFSITE_ASSIGN_OR_RETURN(
-      LabeledImages test,
-      LoadIdxDataset(OrDefault(data.test_images(), "t10k-images-idx3-ubyte.gz"),
-                     OrDefault(data.test_labels(), "t10k-labels-idx1-ubyte.gz"),
-                     data.test_subset()));
+  LabeledImages train, test;
+  if (UsesFolders(data)) {
+    const int64_t side = data.image_side() > 0 ? data.image_side() : 28;
+    OFFSITE_ASSIGN_OR_RETURN(FolderImages train_folder,
+                             LoadClassificationFolder(data.train_folder(), side, {}));
+    OFFSITE_ASSIGN_OR_RETURN(
+        FolderImages test_folder,
+        LoadClassificationFolder(data.test_folder(), side, train_folder.class_names));
+    train = LabeledImages{train_folder.images, train_folder.labels};
+    test = LabeledImages{test_folder.images, test_folder.labels};
+  } else {
+    OFFSITE_ASSIGN_OR_RETURN(
+        train, LoadIdxDataset(OrDefault(data.train_images(), "train-images-idx3-ubyte.gz"),
+                              OrDefault(data.train_labels(), "train-labels-idx1-ubyte.gz"),
+                              data.train_subset()));
+    OFFSITE_ASSIGN_OR_RETURN(
+        test, LoadIdxDataset(OrDefault(data.test_images(), "t10k-images-idx3-ubyte.gz"),
+                             OrDefault(data.test_labels(), "t10k-labels-idx1-ubyte.gz"),
+                             data.test_subset()));
+  }
   if (data.classes_size() > 0) {
     OFFSITE_RETURN_IF_ERROR(KeepClasses(data, train));
     OFFSITE_RETURN_IF_ERROR(KeepClasses(data, test));
@@ -92,20 +141,24 @@ absl::StatusOr<ImageDataSet> LoadImageData(const v1::ImageData& data, torch::Dev
   OFFSITE_ASSIGN_OR_RETURN(torch::Tensor train_images, pad(train.images));
   OFFSITE_ASSIGN_OR_RETURN(torch::Tensor test_images, pad(test.images));
   torch::Tensor mean = train_images.mean({0, 2, 3}, /*keepdim=*/true);
-  torch::Tensor std = train_images.std({0, 2, 3}, /*unbiased=*/true, /*keepdim=*/true).clamp_min(1e-6);
+  torch::Tensor std =
+      train_images.std({0, 2, 3}, /*unbiased=*/true, /*keepdim=*/true).clamp_min(1e-6);
   for (int64_t c = 0; c < mean.size(1); ++c) {
     set.mean.push_back(mean[0][c][0][0].item<double>());
     set.std.push_back(std[0][c][0][0].item<double>());
   }
-  set.train_images = ((train_images - mean) / std).contiguous(torch::MemoryFormat::ChannelsLast).to(device);
-  set.test_images = ((test_images - mean) / std).contiguous(torch::MemoryFormat::ChannelsLast).to(device);
+  set.train_images =
+      ((train_images - mean) / std).contiguous(torch::MemoryFormat::ChannelsLast).to(device);
+  set.test_images =
+      ((test_images - mean) / std).contiguous(torch::MemoryFormat::ChannelsLast).to(device);
   set.train_labels = train.labels.to(device);
   set.test_labels = test.labels.to(device);
-  set.num_classes = data.classes_size() > 0
-                       ? data.classes_size()
-                       : std::max<int64_t>(train.labels.max().item<int64_t>(),
-                                           test.labels.numel() ? test.labels.max().item<int64_t>() : 0) +
-                             1;
+  set.num_classes =
+      data.classes_size() > 0
+          ? data.classes_size()
+          : std::max<int64_t>(train.labels.max().item<int64_t>(),
+                              test.labels.numel() ? test.labels.max().item<int64_t>() : 0) +
+                1;
   return set;
 }
 

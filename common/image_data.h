@@ -2,8 +2,9 @@
 #define OFFSITE_COMMON_IMAGE_DATA_H_
 
 // Labelled image data sets as an ImageData message describes them (IDX files,
-// Fashion-MNIST by default): loaded, filtered by class, padded and normalised,
-// ready for a ConvNeXt V2. Used by server jobs and by the client's local tuning.
+// Fashion-MNIST by default, or folders of PNG images, one sub-folder per
+// class): loaded, filtered by class, padded and normalised, ready for a
+// ConvNeXt V2. Used by server jobs and by the client's local tuning.
 
 #include <torch/types.h>
 
@@ -16,8 +17,16 @@
 namespace offsite {
 
 // InvalidArgument naming `field` and the value: subsets, pad_to, classes,
-// files that do not exist.
+// files or folders that do not exist, PNG folders mixed with IDX files.
 absl::Status ValidateImageData(const v1::ImageData& data, const std::string& field);
+
+// Whether `data` names PNG class folders (train_folder, test_folder) rather
+// than IDX files.
+bool UsesFolders(const v1::ImageData& data);
+
+// InvalidArgument naming `field` when `data` names PNG folders, for jobs that
+// read IDX files only (detection scene items, MIC's rendered domains).
+absl::Status RequireIdxFiles(const v1::ImageData& data, const std::string& field);
 
 struct ImageDataSet {
   // float (N, C, S, S), padded and normalised with the training split's

@@ -260,6 +260,7 @@ absl::Status MicJob::Validate(const v1::JobSpec& job_spec) const {
   }
   OFFSITE_RETURN_IF_ERROR(ValidateArch(spec.arch(), "mic.arch"));
   OFFSITE_RETURN_IF_ERROR(ValidateImageData(spec.data(), "mic.data"));
+  OFFSITE_RETURN_IF_ERROR(RequireIdxFiles(spec.data(), "mic.data"));
   if (spec.data().classes_size() > 0 || spec.data().pad_to() != 0) {
     return absl::InvalidArgumentError(
         "mic.data: classes and pad_to are not supported by mic jobs (items are placed on their "

@@ -444,6 +444,7 @@ v1::SceneData ResolveSceneData(v1::SceneData scenes) {
 
 absl::Status ValidateSceneData(const v1::SceneData& scenes, const std::string& field) {
   OFFSITE_RETURN_IF_ERROR(ValidateImageData(scenes.items(), field + ".items"));
+  OFFSITE_RETURN_IF_ERROR(RequireIdxFiles(scenes.items(), field + ".items"));
   OFFSITE_RETURN_IF_ERROR(CheckRange(field + ".train_scenes", scenes.train_scenes(), 0, 1e6));
   OFFSITE_RETURN_IF_ERROR(CheckRange(field + ".test_scenes", scenes.test_scenes(), 0, 1e6));
   OFFSITE_RETURN_IF_ERROR(CheckRange(field + ".canvas_size", scenes.canvas_size(), 0, 1024));

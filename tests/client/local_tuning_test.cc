@@ -352,6 +352,30 @@ TEST_F(LocalImageTuningTest, ClassCountMustMatchTheHead) {
   EXPECT_THAT(report.status().message(), HasSubstr("classifies 5 classes"));
 }
 
+TEST_F(LocalImageTuningTest, CliTunesOnPngClassFolders) {
+  WriteConvNextPackage();
+  if (!FileExists(OFFSITE_CLIENT_BIN)) GTEST_SKIP() << "build the offsite target first";
+  const std::string images = dir_ + "/my-images";
+  ASSERT_TRUE(testutil::WriteSyntheticPngFolders(images, 5, 6, 2, 3).ok());
+  std::string out;
+  ASSERT_EQ(RunClient("offsite tune " + dir_ + " --data " + images +
+                          " --steps 3 --batch-size 8 --seed 1 --json",
+                      &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("\"ot_emulator_accuracy\""));
+  EXPECT_THAT(out, HasSubstr("\"train_examples\": 30"));
+  EXPECT_TRUE(FileExists(dir_ + "/" + kAdapterFileName));
+  // The same folders named one by one; a folder without a test split is a usage error.
+  out.clear();
+  EXPECT_EQ(RunClient("offsite tune " + dir_ + " --data " + images + "/train --test-data " +
+                          images + "/test --steps 1 --batch-size 8 --json",
+                      &out),
+            0)
+      << out;
+  EXPECT_EQ(RunClient("offsite tune " + dir_ + " --data " + images + "/train --steps 1", &out), 2);
+}
+
 TEST_F(LocalImageTuningTest, TunesAClassifierOnLocalImages) {
   WriteConvNextPackage();
   absl::StatusOr<LocalTuneReport> report = TuneLocally(ImageOptions({5, 6, 7, 8, 9}), nullptr);

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/png_image.h"
 
 namespace offsite::testutil {
 namespace {
@@ -12,20 +13,24 @@ void AppendBigEndian32(std::string* out, uint32_t value) {
   for (int shift = 24; shift >= 0; shift -= 8) out->push_back(static_cast<char>(value >> shift));
 }
 
+constexpr int kSide = 28;
+
+// One kSide x kSide image of class `label` (0..9): see WriteSyntheticIdxDataSet.
+void SyntheticImage(int label, std::mt19937* random, uint8_t* image) {
+  std::uniform_int_distribution<int> noise(0, 40);
+  for (int p = 0; p < kSide * kSide; ++p) image[p] = static_cast<uint8_t>(noise(*random));
+  for (int row = 6 + 2 * label; row < 8 + 2 * label; ++row) {
+    for (int col = 2; col < kSide - 2; ++col) image[row * kSide + col] = 255;
+  }
+}
+
 absl::Status WriteSplit(const std::string& images_path, const std::string& labels_path, int count,
                         std::mt19937* random) {
-  constexpr int kSide = 28;
-  std::uniform_int_distribution<int> noise(0, 40);
   std::vector<uint8_t> pixels(static_cast<size_t>(count) * kSide * kSide);
   std::vector<uint8_t> labels(count);
   for (int i = 0; i < count; ++i) {
-    const int label = i % 10;
-    labels[i] = static_cast<uint8_t>(label);
-    uint8_t* image = pixels.data() + static_cast<size_t>(i) * kSide * kSide;
-    for (int p = 0; p < kSide * kSide; ++p) image[p] = static_cast<uint8_t>(noise(*random));
-    for (int row = 6 + 2 * label; row < 8 + 2 * label; ++row) {
-      for (int col = 2; col < kSide - 2; ++col) image[row * kSide + col] = 255;
-    }
+    labels[i] = static_cast<uint8_t>(i % 10);
+    SyntheticImage(i % 10, random, pixels.data() + static_cast<size_t>(i) * kSide * kSide);
   }
   absl::Status status = WriteIdxImages(images_path, count, kSide, kSide, pixels);
   if (!status.ok()) return status;
@@ -71,6 +76,26 @@ absl::StatusOr<IdxDataSet> WriteSyntheticIdxDataSet(const std::string& dir, int 
   if (status.ok()) status = WriteSplit(set.test_images, set.test_labels, test_count, &random);
   if (!status.ok()) return status;
   return set;
+}
+
+absl::Status WriteSyntheticPngFolders(const std::string& dir, int num_classes, int train_per_class,
+                                      int test_per_class, uint32_t seed) {
+  std::mt19937 random(seed);
+  std::vector<uint8_t> image(kSide * kSide);
+  for (const auto& [split, count] :
+       {std::pair<std::string, int>{"train", train_per_class}, {"test", test_per_class}}) {
+    for (int label = 0; label < num_classes; ++label) {
+      const std::string class_dir = absl::StrCat(dir, "/", split, "/class", label);
+      if (absl::Status status = MakeDirs(class_dir); !status.ok()) return status;
+      for (int i = 0; i < count; ++i) {
+        SyntheticImage(label, &random, image.data());
+        absl::Status status =
+            WritePng(absl::StrCat(class_dir, "/", i, ".png"), image.data(), kSide, kSide, 1);
+        if (!status.ok()) return status;
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace offsite::testutil

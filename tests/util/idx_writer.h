@@ -2,7 +2,8 @@
 #define OFFSITE_TESTS_UTIL_IDX_WRITER_H_
 
 // Writes IDX files (the MNIST format that common/idx.h reads) so tests can
-// make small data sets of their own: uncompressed, unsigned-byte data.
+// make small data sets of their own: uncompressed, unsigned-byte data. Also
+// the same synthetic images as folders of PNGs.
 //
 // Example:
 //   absl::StatusOr<IdxDataSet> data = WriteSyntheticIdxDataSet(tmp.path(), 300, 100, 7);
@@ -36,6 +37,12 @@ struct IdxDataSet {
 // Forward-Forward writes the label), over faint noise drawn from `seed`.
 absl::StatusOr<IdxDataSet> WriteSyntheticIdxDataSet(const std::string& dir, int train_count,
                                                     int test_count, uint32_t seed);
+
+// The same images as PNG class folders, the layout a user's own images take:
+// dir/train/class<k>/<i>.png and dir/test/class<k>/<i>.png for k below
+// num_classes (at most 10).
+absl::Status WriteSyntheticPngFolders(const std::string& dir, int num_classes, int train_per_class,
+                                      int test_per_class, uint32_t seed);
 
 }  // namespace offsite::testutil
 
