@@ -17,7 +17,8 @@
 //       [--max-boxes N] [--mle-epochs N] [--mle-batch N] [--mle-lr X] [--mle-cache FILE]
 //       [--rl-steps N] [--rl-lr X] [--rl-batch N] [--samples N] [--eval-every N]
 //       [--save-tuned FILE] [--rl-first-step N]
-//       [--duplicate-weight X] [--confidence-weight X] [--confidence-only]
+//       [--duplicate-weight X] [--confidence-weight X] [--confidence-lr-scale X]
+//       [--confidence-only]
 //       [--class-alternatives N] [--nms-diagnostic] [--skip-detection] [--skip-classifier]
 //       [--cls-train N] [--cls-epochs N] [--cls-steps N] [--cls-lr X]
 //
@@ -27,6 +28,9 @@
 // extra guesses reward tuning is known to add. --confidence-weight weighs the
 // loss that teaches the confidence head each sampled box's IoU (default 0.3,
 // big_vision's; 0 leaves it untrained, and boxes ranked by class alone).
+// --confidence-lr-scale multiplies --rl-lr for the confidence head alone
+// (default 1, the paper's single rate): the head starts at zero when tuning
+// starts, while the rest of the detector is trained.
 // --confidence-only is a probe: it trains the confidence head alone (at
 // --rl-lr), the rest of the detector frozen, to measure what ranking by
 // predicted IoU can gain on its own.
@@ -55,6 +59,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint.h"
 #include "common/image_data.h"
@@ -95,6 +100,7 @@ struct Args {
   int64_t eval_every = 50;
   double duplicate_weight = kDefaultDuplicateWeight;
   double confidence_weight = ReinforceOptions{}.confidence_weight;
+  double confidence_lr_scale = 1;
   bool confidence_only = false;
   int64_t class_alternatives = 0;
   bool nms_diagnostic = false;
@@ -410,7 +416,10 @@ void RunDetection(const Args& args) {
                 std::vector<torch::Tensor>{model->named_parameters()["confidence.weight"],
                                            model->named_parameters()["confidence.bias"]},
                 torch::optim::AdamWOptions(args.rl_lr).weight_decay(0))
-          : MakeAdamW(*model, args.rl_lr, /*weight_decay=*/0, 0.999, false);
+          : MakeAdamW(
+                *model, args.rl_lr, /*weight_decay=*/0, 0.999, false, [&](const std::string& name) {
+                  return absl::StartsWith(name, "confidence.") ? args.confidence_lr_scale : 1.0;
+                });
   ReinforceOptions options;
   options.samples_per_input = args.samples;
   options.confidence_weight = args.confidence_weight;
@@ -490,10 +499,10 @@ void RunDetection(const Args& args) {
   }
   std::printf(
       "reward tuning: %lld steps, batch %lld x K=%lld, lr %g, duplicate weight %g,"
-      " confidence weight %g: %.0f s\n",
+      " confidence weight %g (lr x%g): %.0f s\n",
       static_cast<long long>(args.rl_steps), static_cast<long long>(args.rl_batch),
       static_cast<long long>(args.samples), args.rl_lr, args.duplicate_weight,
-      args.confidence_weight, rl_seconds);
+      args.confidence_weight, args.confidence_lr_scale, rl_seconds);
   std::printf("mAP change: %+.1f points\n", 100 * (after.metrics.map - before.metrics.map));
   const std::string png =
       args.out + "/reward_tuning_curve_seed" + std::to_string(args.seed) + ".png";
@@ -680,6 +689,8 @@ int main(int argc, char** argv) {
       args.class_alternatives = std::atoll(value.c_str());
     else if (flag == "--confidence-weight")
       args.confidence_weight = std::atof(value.c_str());
+    else if (flag == "--confidence-lr-scale")
+      args.confidence_lr_scale = std::atof(value.c_str());
     else if (flag == "--cls-train")
       args.cls_train = std::atoll(value.c_str());
     else if (flag == "--cls-epochs")
