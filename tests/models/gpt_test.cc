@@ -340,5 +340,54 @@ TEST(GptTest, LoraOnABlockStartsAsANoOpAndMergesExactly) {
   EXPECT_TRUE(torch::allclose(model->forward(ids), with_lora, 1e-4, 1e-5));
 }
 
+TEST(GptTest, LoraDropoutMatchesTorchDropoutBitForBit) {
+  // LoRA's dropout keeps a byte mask rather than LibTorch's float noise; the
+  // draws, outputs and gradients must stay those of torch::dropout.
+  torch::manual_seed(5);
+  LoraLinear layer(12, 6);
+  LoraOptions options;
+  options.rank = 3;
+  options.dropout = 0.25;
+  layer->EnableLora(options);
+  {
+    torch::NoGradGuard no_grad;
+    layer->lora_b.normal_(0.0, 0.5);
+  }
+  layer->train();
+  const torch::Tensor input = torch::randn({4, 5, 12});
+
+  auto run = [&](bool reference) {
+    torch::manual_seed(11);
+    torch::Tensor x = input.clone().requires_grad_(true);
+    torch::Tensor y;
+    if (reference) {
+      const double scale = options.alpha / static_cast<double>(options.rank);
+      y = torch::nn::functional::linear(x, layer->weight, layer->bias) +
+          scale * torch::nn::functional::linear(
+                      torch::nn::functional::linear(torch::dropout(x, options.dropout, true),
+                                                    layer->lora_a),
+                      layer->lora_b);
+    } else {
+      y = layer->forward(x);
+    }
+    (y * torch::linspace(-1, 1, y.numel()).view(y.sizes())).sum().backward();
+    std::vector<torch::Tensor> out = {y.detach(), x.grad(), layer->lora_a.grad().clone(),
+                                      layer->lora_b.grad().clone()};
+    layer->lora_a.mutable_grad().zero_();
+    layer->lora_b.mutable_grad().zero_();
+    return out;
+  };
+  const std::vector<torch::Tensor> expected = run(true), actual = run(false);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_TRUE(torch::equal(actual[i], expected[i])) << "tensor " << i;
+  }
+  // Dropout did act in training, and evaluation has none.
+  layer->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor evaluated = layer->forward(input);
+  EXPECT_FALSE(torch::allclose(actual[0], evaluated));
+  EXPECT_TRUE(torch::equal(layer->forward(input), evaluated));
+}
+
 }  // namespace
 }  // namespace offsite
