@@ -183,26 +183,39 @@ absl::StatusOr<DetectorEvaluation> EvaluateDetector(Pix2SeqImpl& model, const Sc
   model.eval();
   torch::NoGradGuard no_grad;
   std::vector<std::vector<ScoredBox>> predictions;
-  double reward_sum = 0, length_sum = 0;
+  double length_sum = 0;
   for (int64_t start = 0; start < n; start += batch_size) {
-    const int64_t end = std::min(n, start + batch_size);
-    SampledSequences greedy = Greedy(model, scenes.images.slice(0, start, end));
+    SampledSequences greedy =
+        Greedy(model, scenes.images.slice(0, start, std::min(n, start + batch_size)));
     if (ranking == BoxRanking::kClassOnly) greedy.box_confidence = at::Tensor();
-    std::vector<std::vector<ScoredBox>> scored = DecodeScoredBoxes(model.tokenizer(), greedy);
-    for (int64_t i = start; i < end; ++i) {
-      std::vector<Box> boxes;
-      for (const ScoredBox& box : scored[i - start]) boxes.push_back(box.box);
-      OFFSITE_ASSIGN_OR_RETURN(double r,
-                               reward(RewardInput(boxes), RewardInput(scenes.objects[i])));
-      reward_sum += r;
-      predictions.push_back(std::move(scored[i - start]));
+    for (std::vector<ScoredBox>& boxes : DecodeScoredBoxes(model.tokenizer(), greedy)) {
+      predictions.push_back(std::move(boxes));
     }
     length_sum += greedy.mask.sum().item<double>();
   }
+  OFFSITE_ASSIGN_OR_RETURN(DetectorEvaluation out, ScorePredictions(predictions, scenes, reward));
+  out.mean_length = n ? length_sum / n : 0;
+  return out;
+}
+
+absl::StatusOr<DetectorEvaluation> ScorePredictions(
+    const std::vector<std::vector<ScoredBox>>& predictions, const Scenes& scenes,
+    const RewardFn& reward) {
+  if (predictions.size() != scenes.objects.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("ScorePredictions: ", predictions.size(),
+                                                   " prediction lists for ", scenes.objects.size(),
+                                                   " scenes"));
+  }
+  double reward_sum = 0;
+  for (size_t s = 0; s < predictions.size(); ++s) {
+    std::vector<Box> boxes;
+    for (const ScoredBox& box : predictions[s]) boxes.push_back(box.box);
+    OFFSITE_ASSIGN_OR_RETURN(double r, reward(RewardInput(boxes), RewardInput(scenes.objects[s])));
+    reward_sum += r;
+  }
   DetectorEvaluation out;
   OFFSITE_ASSIGN_OR_RETURN(out.metrics, ComputeDetectionMetrics(predictions, scenes.objects));
-  out.mean_reward = n ? reward_sum / n : 0;
-  out.mean_length = n ? length_sum / n : 0;
+  out.mean_reward = predictions.empty() ? 0 : reward_sum / static_cast<double>(predictions.size());
   return out;
 }
 

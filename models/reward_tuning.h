@@ -92,6 +92,14 @@ absl::StatusOr<DetectorEvaluation> EvaluateDetector(
     Pix2SeqImpl& model, const Scenes& scenes, const RewardFn& reward, int64_t batch_size = 100,
     BoxRanking ranking = BoxRanking::kClassAndConfidence);
 
+// COCO metrics and mean `reward` of given predictions, one scored list per
+// scene of `scenes`: what EvaluateDetector reports of greedy decoding, for
+// boxes that were post-processed (diagnostics). mean_length is left 0: only
+// the caller knows what its boxes cost in tokens.
+absl::StatusOr<DetectorEvaluation> ScorePredictions(
+    const std::vector<std::vector<ScoredBox>>& predictions, const Scenes& scenes,
+    const RewardFn& reward);
+
 // A classifier as REINFORCE sees it: images (N, ...) -> logits (N, C).
 using LogitsFn = std::function<at::Tensor(const at::Tensor&)>;
 
