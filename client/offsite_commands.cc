@@ -488,19 +488,19 @@ absl::StatusOr<v1::TaskData> TaskDataFromFlags(const CliArgs& args, const std::s
           "DIR/train/CLASS/*.png and DIR/test/CLASS/*.png, or --data TRAIN_DIR --test-data "
           "TEST_DIR"));
     }
-  }
-  for (const File& file : files) {
-    if (!images->train_folder().empty()) break;
-    if (args.Has(file.flag)) {
-      *(images->*file.field)() = args.Get(file.flag);
-      continue;
+  } else {
+    for (const File& file : files) {
+      if (args.Has(file.flag)) {
+        *(images->*file.field)() = args.Get(file.flag);
+        continue;
+      }
+      const std::string dir = file.test ? test_dir : path;
+      if (dir.empty()) {
+        return UsageError(
+            absl::StrCat("--data DIR (IDX files) or --", file.flag, " FILE is required"));
+      }
+      OFFSITE_ASSIGN_OR_RETURN(*(images->*file.field)(), IdxFile(dir, file.name, file.flag));
     }
-    const std::string dir = file.test ? test_dir : path;
-    if (dir.empty()) {
-      return UsageError(
-          absl::StrCat("--data DIR (IDX files) or --", file.flag, " FILE is required"));
-    }
-    OFFSITE_ASSIGN_OR_RETURN(*(images->*file.field)(), IdxFile(dir, file.name, file.flag));
   }
   if (args.Has("classes")) {
     for (absl::string_view word : absl::StrSplit(args.Get("classes"), ',', absl::SkipEmpty())) {
