@@ -1,32 +1,82 @@
 #include "models/lora.h"
 
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+#include <utility>
 
 namespace offsite {
 namespace {
 
-// torch::dropout as LibTorch computes it on the CPU (x * noise, noise =
-// bernoulli(1 - p) / (1 - p), the same draws and arithmetic, so results match
-// bit for bit), keeping a one-byte mask for the backward pass instead of the
-// four-byte noise, as CUDA's fused kernel does. On the LoRA branch of every
-// adapter linear layer that is a fifth of the activation memory LoRA adds.
+// Dropout on the LoRA branch, keeping a one-byte mask for the backward pass
+// (as CUDA's fused kernel does) instead of LibTorch's four-byte CPU noise.
+//
+// On the CPU the keep decisions come from a counter-based stream: the pair of
+// elements (2j, 2j+1) takes the two halves of SplitMix64's j-th output for a
+// seed drawn from LibTorch's generator, so torch::manual_seed fixes the draws,
+// any thread count gives the same mask, and recomputation (which restores the
+// generator) replays it. LibTorch's bernoulli_ draws element by element under
+// a lock and costs as much as the adapter's own matmul; this costs about a
+// tenth of it. Elsewhere (CUDA) bernoulli_ is already fast and is used.
 class ByteMaskDropout : public torch::autograd::Function<ByteMaskDropout> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                double p) {
-    torch::Tensor noise = torch::empty_like(x, torch::MemoryFormat::Contiguous).bernoulli_(1 - p);
-    ctx->save_for_backward({noise.to(torch::kBool)});
+    torch::Tensor out, keep;
+    if (x.is_cpu() && x.scalar_type() == torch::kFloat) {
+      std::tie(out, keep) = CpuDropout(x.contiguous(), p);
+    } else {
+      torch::Tensor noise = torch::empty_like(x, torch::MemoryFormat::Contiguous).bernoulli_(1 - p);
+      keep = noise.to(torch::kBool);
+      out = x * noise.div_(1 - p);
+    }
+    ctx->save_for_backward({keep});
     ctx->saved_data["p"] = p;
-    return x * noise.div_(1 - p);
+    return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const torch::Tensor keep = ctx->get_saved_variables()[0];
     const double p = ctx->saved_data["p"].toDouble();
-    return {grads[0] * keep.to(grads[0].scalar_type()).div_(1 - p), torch::Tensor()};
+    return {grads[0].mul(keep).mul_(1 / (1 - p)), torch::Tensor()};
+  }
+
+ private:
+  static uint64_t SplitMix64(uint64_t counter) {
+    uint64_t z = counter * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+
+  // (x * keep / (1 - p), keep) for a contiguous float CPU tensor.
+  static std::pair<torch::Tensor, torch::Tensor> CpuDropout(const torch::Tensor& x, double p) {
+    const uint64_t seed = static_cast<uint64_t>(
+        torch::randint(std::numeric_limits<int64_t>::max(), {1}, torch::kLong).item<int64_t>());
+    // keep <=> a 32-bit uniform draw is below (1 - p) * 2^32.
+    const uint64_t threshold = static_cast<uint64_t>(std::llround((1 - p) * 4294967296.0));
+    const float scale = static_cast<float>(1 / (1 - p));
+    torch::Tensor out = torch::empty_like(x);
+    torch::Tensor keep = torch::empty(x.sizes(), x.options().dtype(torch::kBool));
+    const float* in = x.data_ptr<float>();
+    float* y = out.data_ptr<float>();
+    bool* k = keep.data_ptr<bool>();
+    const int64_t pairs = (x.numel() + 1) / 2;
+    at::parallel_for(0, pairs, 1 << 14, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const uint64_t r = SplitMix64(seed + static_cast<uint64_t>(j));
+        for (int64_t i = 2 * j, half = 0; half < 2 && i < x.numel(); ++i, ++half) {
+          k[i] = ((half == 0 ? r : r >> 32) & 0xFFFFFFFFull) < threshold;
+          y[i] = k[i] ? in[i] * scale : 0.0f;
+        }
+      }
+    });
+    return {out, keep};
   }
 };
 
@@ -51,10 +101,11 @@ LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool b
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor y = torch::nn::functional::linear(x, weight, bias);
   if (!has_lora()) return y;
-  const torch::Tensor dropped = LoraDropout(x, lora_.dropout, is_training());
+  // The scale multiplies the rank-r activations, the branch's smallest tensor.
   const double scale = lora_.alpha / static_cast<double>(lora_.rank);
-  return y + scale * torch::nn::functional::linear(torch::nn::functional::linear(dropped, lora_a),
-                                                   lora_b);
+  const torch::Tensor low_rank =
+      torch::nn::functional::linear(LoraDropout(x, lora_.dropout, is_training()), lora_a) * scale;
+  return y + torch::nn::functional::linear(low_rank, lora_b);
 }
 
 void LoraLinearImpl::EnableLora(const LoraOptions& options) {

@@ -340,53 +340,72 @@ TEST(GptTest, LoraOnABlockStartsAsANoOpAndMergesExactly) {
   EXPECT_TRUE(torch::allclose(model->forward(ids), with_lora, 1e-4, 1e-5));
 }
 
-TEST(GptTest, LoraDropoutMatchesTorchDropoutBitForBit) {
-  // LoRA's dropout keeps a byte mask rather than LibTorch's float noise; the
-  // draws, outputs and gradients must stay those of torch::dropout.
-  torch::manual_seed(5);
-  LoraLinear layer(12, 6);
+// A LoraLinear whose output is its LoRA branch's dropout alone: weight 0,
+// A = B = identity, alpha = rank (scale 1).
+LoraLinear DropoutOnlyLayer(int64_t features, double p) {
+  LoraLinear layer(features, features, /*bias=*/false);
   LoraOptions options;
-  options.rank = 3;
-  options.dropout = 0.25;
+  options.rank = features;
+  options.alpha = static_cast<double>(features);
+  options.dropout = p;
   layer->EnableLora(options);
-  {
-    torch::NoGradGuard no_grad;
-    layer->lora_b.normal_(0.0, 0.5);
-  }
+  torch::NoGradGuard no_grad;
+  layer->weight.zero_();
+  layer->lora_a.copy_(torch::eye(features));
+  layer->lora_b.copy_(torch::eye(features));
   layer->train();
-  const torch::Tensor input = torch::randn({4, 5, 12});
+  return layer;
+}
 
-  auto run = [&](bool reference) {
-    torch::manual_seed(11);
-    torch::Tensor x = input.clone().requires_grad_(true);
-    torch::Tensor y;
-    if (reference) {
-      const double scale = options.alpha / static_cast<double>(options.rank);
-      y = torch::nn::functional::linear(x, layer->weight, layer->bias) +
-          scale * torch::nn::functional::linear(
-                      torch::nn::functional::linear(torch::dropout(x, options.dropout, true),
-                                                    layer->lora_a),
-                      layer->lora_b);
-    } else {
-      y = layer->forward(x);
-    }
-    (y * torch::linspace(-1, 1, y.numel()).view(y.sizes())).sum().backward();
-    std::vector<torch::Tensor> out = {y.detach(), x.grad(), layer->lora_a.grad().clone(),
-                                      layer->lora_b.grad().clone()};
-    layer->lora_a.mutable_grad().zero_();
-    layer->lora_b.mutable_grad().zero_();
-    return out;
-  };
-  const std::vector<torch::Tensor> expected = run(true), actual = run(false);
-  for (size_t i = 0; i < expected.size(); ++i) {
-    EXPECT_TRUE(torch::equal(actual[i], expected[i])) << "tensor " << i;
-  }
-  // Dropout did act in training, and evaluation has none.
+TEST(GptTest, LoraDropoutKeepsOneMinusPScalesAndMasksTheGradient) {
+  const double p = 0.25;
+  LoraLinear layer = DropoutOnlyLayer(8, p);
+  torch::manual_seed(5);
+  const torch::Tensor x = (torch::rand({65536, 2, 8}) + 1).requires_grad_(true);
+  const torch::Tensor upstream = torch::randn(x.sizes());
+  const torch::Tensor y = layer->forward(x);
+  (y * upstream).sum().backward();
+
+  const torch::Tensor keep = y != 0;
+  const double n = static_cast<double>(keep.numel());
+  const double sigma = std::sqrt(p * (1 - p) / n);
+  EXPECT_NEAR(keep.to(torch::kDouble).mean().item<double>(), 1 - p, 5 * sigma);
+  // Neighbours share one 64-bit draw; their decisions must still be
+  // independent: P(both kept) = (1 - p)^2, for even and for odd positions.
+  const torch::Tensor flat = keep.reshape({-1, 2}).to(torch::kDouble);
+  EXPECT_NEAR(flat.select(1, 0).mean().item<double>(), 1 - p, 10 * sigma);
+  EXPECT_NEAR(flat.select(1, 1).mean().item<double>(), 1 - p, 10 * sigma);
+  EXPECT_NEAR((flat.select(1, 0) * flat.select(1, 1)).mean().item<double>(), (1 - p) * (1 - p),
+              10 * sigma);
+
+  const torch::Tensor kept = torch::where(keep, x.detach() / (1 - p), torch::zeros({}));
+  EXPECT_TRUE(torch::allclose(y.detach(), kept, 1e-6, 1e-6));
+  const torch::Tensor masked = torch::where(keep, upstream / (1 - p), torch::zeros({}));
+  EXPECT_TRUE(torch::allclose(x.grad(), masked, 1e-6, 1e-6));
+
+  // Evaluation has no dropout.
   layer->eval();
   torch::NoGradGuard no_grad;
-  const torch::Tensor evaluated = layer->forward(input);
-  EXPECT_FALSE(torch::allclose(actual[0], evaluated));
-  EXPECT_TRUE(torch::equal(layer->forward(input), evaluated));
+  EXPECT_TRUE(torch::allclose(layer->forward(x), x, 1e-6, 1e-6));
+}
+
+TEST(GptTest, LoraDropoutIsFixedByTheSeedWhateverTheThreadCount) {
+  // Runs, recomputation in the backward pass and results must not depend on
+  // how many threads drew the mask.
+  LoraLinear layer = DropoutOnlyLayer(8, 0.1);
+  const torch::Tensor x = torch::rand({32768, 4, 8}) + 1;
+  const int threads = torch::get_num_threads();
+  auto mask = [&](uint64_t seed, int num_threads) {
+    torch::set_num_threads(num_threads);
+    torch::manual_seed(seed);
+    torch::NoGradGuard no_grad;
+    return layer->forward(x) != 0;
+  };
+  const torch::Tensor one = mask(7, 1);
+  EXPECT_TRUE(torch::equal(mask(7, 2), one));
+  EXPECT_TRUE(torch::equal(mask(7, 1), one));
+  EXPECT_FALSE(torch::equal(mask(8, 1), one));
+  torch::set_num_threads(threads);
 }
 
 }  // namespace
