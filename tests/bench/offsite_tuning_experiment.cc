@@ -5,13 +5,15 @@
 //
 //   offsite_tuning_experiment --task language|vision [--seed N] [--threads N]
 //       [--pretrain-steps N] [--distill-steps N] [--tune-steps N] [--splits B-K-T,...]
-//       [--layers N] [--tune all|lora|top-only]
+//       [--layers N] [--tune all|lora|top-only] [--user-train-subset N]
 //
 // The model is pretrained and fully fine-tuned once; each split (default
 // 2-2-2) then gets its own emulator, distillation and tuned adapter.
 // --layers sets the language model's depth (default 8), so the middle that
 // the emulator replaces can be made deeper. --tune picks how the data owner
 // tunes the adapter, as `offsite offsite tune` does (--lora, --top-only).
+// --user-train-subset (vision) shrinks the data owner's labelled set: the
+// first N training images, of which about half are of classes 5-9.
 //
 // language: a GPT decoder pretrained by the owner on one fortunes collection
 //   (cookie), distilled on it, and tuned by the data owner on another
@@ -47,7 +49,8 @@ struct Args {
   uint64_t seed = 0;
   int threads = 0;
   int64_t pretrain_steps = -1, distill_steps = -1, tune_steps = -1;
-  int64_t layers = -1;  // language only; -1: the default depth, 8
+  int64_t layers = -1;             // language only; -1: the default depth, 8
+  int64_t user_train_subset = -1;  // vision only; -1: the default, 10000
   TuneOptions adapter_tuning;
   std::vector<Split> splits = {Split()};
 };
@@ -99,7 +102,9 @@ int Run(const Args& args) {
     for (int c : {0, 1, 2, 3, 4}) owner_data.mutable_images()->add_classes(c);
     owner_data.mutable_images()->set_test_subset(5000);
     for (int c : {5, 6, 7, 8, 9}) user_data.mutable_images()->add_classes(c);
-    user_data.mutable_images()->set_train_subset(10000);  // ~5000 of classes 5-9
+    // ~5000 of classes 5-9 by default.
+    user_data.mutable_images()->set_train_subset(
+        args.user_train_subset >= 0 ? args.user_train_subset : 10000);
     pretrain.steps = 1500;
     pretrain.learning_rate = 2e-3;
     pretrain.weight_decay = 0.05;
@@ -224,6 +229,7 @@ int main(int argc, char** argv) {
     else if (flag == "--distill-steps") args.distill_steps = std::atoll(value.c_str());
     else if (flag == "--tune-steps") args.tune_steps = std::atoll(value.c_str());
     else if (flag == "--layers") args.layers = std::atoll(value.c_str());
+    else if (flag == "--user-train-subset") args.user_train_subset = std::atoll(value.c_str());
     else if (flag == "--tune") {
       if (value != "all" && value != "lora" && value != "top-only") {
         std::fprintf(stderr, "--tune: \"%s\" is not all, lora or top-only\n", value.c_str());
@@ -249,6 +255,10 @@ int main(int argc, char** argv) {
   }
   if (args.task != "language" && args.layers >= 0) {
     std::fprintf(stderr, "--layers applies to --task language only\n");
+    return 2;
+  }
+  if (args.task != "vision" && args.user_train_subset >= 0) {
+    std::fprintf(stderr, "--user-train-subset applies to --task vision only\n");
     return 2;
   }
   offsite::ConfigureThreads(args.threads);
