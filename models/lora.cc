@@ -101,11 +101,15 @@ LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool b
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor y = torch::nn::functional::linear(x, weight, bias);
   if (!has_lora()) return y;
-  // The scale multiplies the rank-r activations, the branch's smallest tensor.
-  const double scale = lora_.alpha / static_cast<double>(lora_.rank);
+  // y + scale * (dropout(x) A^T) B^T, the second product accumulated into y by
+  // one GEMM: on the CPU the branch's passes over the (.., out) output cost
+  // more than its rank-r arithmetic.
   const torch::Tensor low_rank =
-      torch::nn::functional::linear(LoraDropout(x, lora_.dropout, is_training()), lora_a) * scale;
-  return y + torch::nn::functional::linear(low_rank, lora_b);
+      torch::nn::functional::linear(LoraDropout(x, lora_.dropout, is_training()), lora_a);
+  const double scale = lora_.alpha / static_cast<double>(lora_.rank);
+  return torch::addmm(y.reshape({-1, y.size(-1)}), low_rank.reshape({-1, lora_.rank}), lora_b.t(),
+                      /*beta=*/1, /*alpha=*/scale)
+      .view(y.sizes());
 }
 
 void LoraLinearImpl::EnableLora(const LoraOptions& options) {
