@@ -20,8 +20,8 @@ namespace {
 // seed drawn from LibTorch's generator, so torch::manual_seed fixes the draws,
 // any thread count gives the same mask, and recomputation (which restores the
 // generator) replays it. LibTorch's bernoulli_ draws element by element under
-// a lock and costs as much as the adapter's own matmul; this costs about a
-// tenth of it. Elsewhere (CUDA) bernoulli_ is already fast and is used.
+// a lock, as long as the adapter layer's own matmul; this one pass is 4-6x
+// faster. Elsewhere (CUDA) bernoulli_ is already fast and is used.
 class ByteMaskDropout : public torch::autograd::Function<ByteMaskDropout> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
@@ -66,14 +66,16 @@ class ByteMaskDropout : public torch::autograd::Function<ByteMaskDropout> {
     const float* in = x.data_ptr<float>();
     float* y = out.data_ptr<float>();
     bool* k = keep.data_ptr<bool>();
-    const int64_t pairs = (x.numel() + 1) / 2;
-    at::parallel_for(0, pairs, 1 << 14, [&](int64_t begin, int64_t end) {
+    const int64_t n = x.numel();
+    auto decide = [&](int64_t i, uint64_t bits) {
+      k[i] = (bits & 0xFFFFFFFFull) < threshold;
+      y[i] = k[i] ? in[i] * scale : 0.0f;
+    };
+    at::parallel_for(0, (n + 1) / 2, 1 << 14, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         const uint64_t r = SplitMix64(seed + static_cast<uint64_t>(j));
-        for (int64_t i = 2 * j, half = 0; half < 2 && i < x.numel(); ++i, ++half) {
-          k[i] = ((half == 0 ? r : r >> 32) & 0xFFFFFFFFull) < threshold;
-          y[i] = k[i] ? in[i] * scale : 0.0f;
-        }
+        decide(2 * j, r);
+        if (2 * j + 1 < n) decide(2 * j + 1, r >> 32);
       }
     });
     return {out, keep};
