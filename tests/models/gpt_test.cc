@@ -389,6 +389,23 @@ TEST(GptTest, LoraDropoutKeepsOneMinusPScalesAndMasksTheGradient) {
   EXPECT_TRUE(torch::allclose(layer->forward(x), x, 1e-6, 1e-6));
 }
 
+TEST(GptTest, LoraDropoutOnAStridedInputMatchesItsContiguousCopy) {
+  // ConvNeXt's pointwise layers see permuted (N, H, W, C) views.
+  LoraLinear layer = DropoutOnlyLayer(8, 0.3);
+  const torch::Tensor strided = torch::randn({4, 8, 6}).transpose(1, 2).requires_grad_(true);
+  ASSERT_FALSE(strided.is_contiguous());
+  const torch::Tensor upstream = torch::randn({4, 6, 8});
+  torch::manual_seed(1);
+  const torch::Tensor y = layer->forward(strided);
+  (y * upstream).sum().backward();
+  torch::manual_seed(1);
+  const torch::Tensor expected = layer->forward(strided.detach().contiguous());
+  EXPECT_TRUE(torch::equal(y.detach(), expected));
+  const torch::Tensor keep = expected != 0;
+  EXPECT_TRUE(torch::allclose(strided.grad(), torch::where(keep, upstream / 0.7, torch::zeros({})),
+                              1e-6, 1e-6));
+}
+
 TEST(GptTest, LoraDropoutIsFixedByTheSeedWhateverTheThreadCount) {
   // Runs, recomputation in the backward pass and results must not depend on
   // how many threads drew the mask.
