@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/splitmix64.h"
 
 namespace offsite {
 namespace {
@@ -17,20 +18,13 @@ absl::Status FieldError(const std::string& field, const std::string& problem) {
   return absl::InvalidArgumentError(absl::StrCat("SceneOptions.", field, ": ", problem));
 }
 
-// splitmix64: decorrelates the per-scene seeds (seed, 0), (seed, 1), ...
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
 // Draws from std::mt19937_64 by hand: the standard distributions are
 // implementation-defined, and scenes must not change with the library.
 class SceneRandom {
  public:
   SceneRandom(uint64_t seed, int64_t scene)
-      : engine_(Mix(Mix(seed) ^ static_cast<uint64_t>(scene))) {}
+      // SplitMix64 decorrelates the per-scene seeds (seed, 0), (seed, 1), ...
+      : engine_(SplitMix64(SplitMix64(seed) ^ static_cast<uint64_t>(scene))) {}
 
   // Uniform in [lo, hi], both included.
   int64_t Int(int64_t lo, int64_t hi) {

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/png_image.h"
+#include "common/splitmix64.h"
 #include "common/status_macros.h"
 
 namespace offsite {
@@ -133,13 +134,7 @@ absl::StatusOr<torch::Tensor> ReadImage(const std::string& path, int64_t side, b
 }  // namespace
 
 uint64_t StreamSeed(uint64_t seed, uint64_t index) {
-  auto mix = [](uint64_t z) {
-    z += 0x9e3779b97f4a7c15ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  };
-  return mix(mix(seed) ^ index) & 0x7fffffffffffffffULL;
+  return SplitMix64(SplitMix64(seed) ^ index) & 0x7fffffffffffffffULL;
 }
 
 absl::Status ValidateDomainShift(const DomainShiftOptions& options) {

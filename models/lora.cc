@@ -9,6 +9,8 @@
 #include <tuple>
 #include <utility>
 
+#include "common/splitmix64.h"
+
 namespace offsite {
 namespace {
 
@@ -47,13 +49,6 @@ class ByteMaskDropout : public torch::autograd::Function<ByteMaskDropout> {
   }
 
  private:
-  static uint64_t SplitMix64(uint64_t counter) {
-    uint64_t z = counter * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-
   // (x * keep / (1 - p), keep) for a contiguous float CPU tensor.
   static std::pair<torch::Tensor, torch::Tensor> CpuDropout(const torch::Tensor& x, double p) {
     const uint64_t seed = static_cast<uint64_t>(
@@ -73,7 +68,7 @@ class ByteMaskDropout : public torch::autograd::Function<ByteMaskDropout> {
     };
     at::parallel_for(0, (n + 1) / 2, 1 << 14, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
-        const uint64_t r = SplitMix64(seed + static_cast<uint64_t>(j));
+        const uint64_t r = SplitMix64Mix((seed + static_cast<uint64_t>(j)) * kSplitMix64Gamma);
         decide(2 * j, r);
         if (2 * j + 1 < n) decide(2 * j + 1, r >> 32);
       }
