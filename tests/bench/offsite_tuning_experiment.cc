@@ -6,6 +6,7 @@
 //   offsite_tuning_experiment --task language|vision|vision-shift [--seed N] [--threads N]
 //       [--pretrain-steps N] [--distill-steps N] [--tune-steps N] [--splits B-K-T,...]
 //       [--layers N] [--tune all|lora|top-only] [--user-train-subset N]
+//       [--convnext DEPTHS:DIMS:STEM]
 //
 // The model is pretrained and fully fine-tuned once; each split (default
 // 2-2-2) then gets its own emulator, distillation and tuned adapter.
@@ -14,6 +15,9 @@
 // tunes the adapter, as `offsite offsite tune` does (--lora, --top-only).
 // --user-train-subset (vision) shrinks the data owner's labelled set: the
 // first N training images, of which about half are of classes 5-9.
+// --convnext sets the vision model's shape, e.g. 12:128:4 for an isotropic
+// ConvNeXt (one stage of 12 blocks, 128 wide, 4x4 patches) whose middle holds
+// most of its weights, as a ViT's does (default 2,2,4,2:32,64,128,256:2).
 //
 // language: a GPT decoder pretrained by the owner on one fortunes collection
 //   (cookie), distilled on it, and tuned by the data owner on another
@@ -36,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/domain_shift.h"
@@ -59,6 +64,9 @@ struct Args {
   int64_t pretrain_steps = -1, distill_steps = -1, tune_steps = -1;
   int64_t layers = -1;             // language only; -1: the default depth, 8
   int64_t user_train_subset = -1;  // vision only; -1: the default, 10000
+  std::vector<int64_t> depths = {2, 2, 4, 2}, dims = {32, 64, 128, 256};  // vision only
+  int64_t stem_stride = 2;
+  bool custom_convnext = false;
   TuneOptions adapter_tuning;
   std::vector<Split> splits = {Split()};
 };
@@ -128,9 +136,9 @@ int Run(const Args& args) {
     tune.learning_rate = 1e-3;
     distill_steps = 300;
   } else {
-    for (int d : {2, 2, 4, 2}) arch.mutable_convnext_v2()->add_depths(d);
-    for (int d : {32, 64, 128, 256}) arch.mutable_convnext_v2()->add_dims(d);
-    arch.mutable_convnext_v2()->set_stem_stride(2);
+    for (int64_t d : args.depths) arch.mutable_convnext_v2()->add_depths(d);
+    for (int64_t d : args.dims) arch.mutable_convnext_v2()->add_dims(d);
+    arch.mutable_convnext_v2()->set_stem_stride(args.stem_stride);
     if (shift) {
       arch.set_num_classes(10);
       owner_data.mutable_images()->set_train_subset(30000);
@@ -274,6 +282,27 @@ int main(int argc, char** argv) {
     else if (flag == "--tune-steps") args.tune_steps = std::atoll(value.c_str());
     else if (flag == "--layers") args.layers = std::atoll(value.c_str());
     else if (flag == "--user-train-subset") args.user_train_subset = std::atoll(value.c_str());
+    else if (flag == "--convnext") {
+      std::vector<std::string> parts = absl::StrSplit(value, ':');
+      auto ints = [](const std::string& list, std::vector<int64_t>* out) {
+        out->clear();
+        for (absl::string_view item : absl::StrSplit(list, ',')) {
+          int64_t v = 0;
+          if (!absl::SimpleAtoi(item, &v) || v < 1) return false;
+          out->push_back(v);
+        }
+        return true;
+      };
+      std::vector<int64_t> stem;
+      if (parts.size() != 3 || !ints(parts[0], &args.depths) || !ints(parts[1], &args.dims) ||
+          !ints(parts[2], &stem) || stem.size() != 1 || args.depths.size() != args.dims.size()) {
+        std::fprintf(stderr, "--convnext: \"%s\" is not DEPTHS:DIMS:STEM (e.g. 12:128:4)\n",
+                     value.c_str());
+        return 2;
+      }
+      args.stem_stride = stem[0];
+      args.custom_convnext = true;
+    }
     else if (flag == "--tune") {
       if (value != "all" && value != "lora" && value != "top-only") {
         std::fprintf(stderr, "--tune: \"%s\" is not all, lora or top-only\n", value.c_str());
@@ -304,6 +333,10 @@ int main(int argc, char** argv) {
   }
   if (args.task != "language" && args.layers >= 0) {
     std::fprintf(stderr, "--layers applies to --task language only\n");
+    return 2;
+  }
+  if (args.task == "language" && args.custom_convnext) {
+    std::fprintf(stderr, "--convnext applies to the vision tasks only\n");
     return 2;
   }
   if (args.task != "vision" && args.user_train_subset >= 0) {
