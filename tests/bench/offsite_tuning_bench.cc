@@ -54,7 +54,8 @@ struct Figures {
 // One configuration: "full" (every parameter of the full model trains),
 // "emulator" (adapter only, emulator frozen), "emulator+lora",
 // "emulator+top-only" (only the top adapter trains, so nothing below it keeps
-// activations for the backward pass), or "+recompute" of the first two (the
+// activations for the backward pass), "emulator+lora+top-only" (LoRA on the
+// top adapter only), or "+recompute" of the first two (the
 // emulator's blocks keep no activations and are recomputed in the backward
 // pass).
 Figures Measure(const Setup& setup, const std::string& mode, int64_t batch, int steps) {
@@ -173,6 +174,7 @@ int main(int argc, char** argv) {
                                             "emulator",
                                             "emulator+lora",
                                             "emulator+top-only",
+                                            "emulator+lora+top-only",
                                             "emulator+recompute",
                                             "emulator+lora+recompute"};
     std::vector<Figures> best(modes.size());
