@@ -180,8 +180,9 @@ int Run(const Args& args) {
   const torch::Device cpu(torch::kCPU);
   const int64_t context = language ? arch.gpt().n_positions() : 0;
   TaskTensors owner = LoadTaskData(owner_data, context, cpu, "owner").value();
-  TaskTensors user = shift ? UserDomainTask(user_data.images(), 30000, args.seed + 100, args.shift_invert)
-                          : LoadTaskData(user_data, context, cpu, "user").value();
+  TaskTensors user =
+      shift ? UserDomainTask(user_data.images(), 30000, args.seed + 100, args.shift_invert)
+            : LoadTaskData(user_data, context, cpu, "user").value();
 
   const double t0 = Now();
   torch::manual_seed(args.seed);
