@@ -39,6 +39,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,18 +60,20 @@ struct Split {
   int64_t bottom = 2, emulator_blocks = 2, top = 2;
 };
 
+struct ConvNextShape {
+  std::vector<int64_t> depths = {2, 2, 4, 2}, dims = {32, 64, 128, 256};
+  int64_t stem_stride = 2;
+};
+
 struct Args {
   std::string task = "language";
   uint64_t seed = 0;
   int threads = 0;
   int64_t pretrain_steps = -1, distill_steps = -1, tune_steps = -1;
-  int64_t layers = -1;             // language only; -1: the default depth, 8
-  int64_t user_train_subset = -1;  // vision only; -1: the default, 10000
-  std::vector<int64_t> depths = {2, 2, 4, 2}, dims = {32, 64, 128, 256};  // vision only
-  int64_t stem_stride = 2;
-  bool custom_convnext = false;
-  bool shift_invert = true;  // vision-shift only
-  bool custom_shift = false;
+  int64_t layers = -1;                    // language only; -1: the default depth, 8
+  int64_t user_train_subset = -1;         // vision only; -1: the default, 10000
+  std::optional<ConvNextShape> convnext;  // vision only; unset: the default shape
+  std::optional<bool> shift_invert;       // vision-shift only; unset: true
   TuneOptions adapter_tuning;
   std::vector<Split> splits = {Split()};
 };
@@ -141,9 +144,10 @@ int Run(const Args& args) {
     tune.learning_rate = 1e-3;
     distill_steps = 300;
   } else {
-    for (int64_t d : args.depths) arch.mutable_convnext_v2()->add_depths(d);
-    for (int64_t d : args.dims) arch.mutable_convnext_v2()->add_dims(d);
-    arch.mutable_convnext_v2()->set_stem_stride(args.stem_stride);
+    const ConvNextShape shape = args.convnext.value_or(ConvNextShape());
+    for (int64_t d : shape.depths) arch.mutable_convnext_v2()->add_depths(d);
+    for (int64_t d : shape.dims) arch.mutable_convnext_v2()->add_dims(d);
+    arch.mutable_convnext_v2()->set_stem_stride(shape.stem_stride);
     if (shift) {
       arch.set_num_classes(10);
       owner_data.mutable_images()->set_train_subset(30000);
@@ -180,13 +184,25 @@ int Run(const Args& args) {
   const torch::Device cpu(torch::kCPU);
   const int64_t context = language ? arch.gpt().n_positions() : 0;
   TaskTensors owner = LoadTaskData(owner_data, context, cpu, "owner").value();
-  TaskTensors user =
-      shift ? UserDomainTask(user_data.images(), 30000, args.seed + 100, args.shift_invert)
-            : LoadTaskData(user_data, context, cpu, "user").value();
+  const bool invert = args.shift_invert.value_or(true);
+  TaskTensors user = shift ? UserDomainTask(user_data.images(), 30000, args.seed + 100, invert)
+                           : LoadTaskData(user_data, context, cpu, "user").value();
 
   const double t0 = Now();
   torch::manual_seed(args.seed);
   auto full = MakeBlockModel(arch).value();
+  // Every split is planned before the long pretraining, so a split that does
+  // not fit the model's blocks is refused at once.
+  std::vector<SplitPlan> plans;
+  for (const Split& split : args.splits) {
+    absl::StatusOr<SplitPlan> plan =
+        PlanSplit(full->num_blocks(), split.bottom, split.top, split.emulator_blocks);
+    if (!plan.ok()) {
+      std::fprintf(stderr, "--splits: %s\n", plan.status().ToString().c_str());
+      return 2;
+    }
+    plans.push_back(*std::move(plan));
+  }
   std::fprintf(stderr, "pretraining (%lld steps)\n", static_cast<long long>(pretrain.steps));
   (void)Train(*full, owner, pretrain, Progress("pretrain", pretrain.steps)).value();
   const Evaluation owner_eval = Evaluate(*full, owner, 64);
@@ -211,10 +227,10 @@ int Run(const Args& args) {
   (void)Train(*fine_tuned, user, tune, Progress("full-ft", tune.steps)).value();
   std::printf("| full fine-tuning | %.2f |\n", Figure(Evaluate(*fine_tuned, user, 64), language));
 
-  for (const Split& split : args.splits) {
+  for (size_t i = 0; i < args.splits.size(); ++i) {
+    const Split& split = args.splits[i];
+    const SplitPlan& plan = plans[i];
     const std::string name = absl::StrCat(split.bottom, "-", split.emulator_blocks, "-", split.top);
-    SplitPlan plan =
-        PlanSplit(full->num_blocks(), split.bottom, split.top, split.emulator_blocks).value();
     Emulator emulator = MakeEmulator(arch, *full, plan, 0, args.seed).value();
     if (!new_head) {
       std::printf("| %s emulator zero-shot (layer-drop only) | %.2f |\n", name.c_str(),
@@ -294,7 +310,6 @@ int main(int argc, char** argv) {
         return 2;
       }
       args.shift_invert = value == "1";
-      args.custom_shift = true;
     }
     else if (flag == "--convnext") {
       std::vector<std::string> parts = absl::StrSplit(value, ':');
@@ -307,15 +322,16 @@ int main(int argc, char** argv) {
         }
         return true;
       };
+      offsite::ConvNextShape shape;
       std::vector<int64_t> stem;
-      if (parts.size() != 3 || !ints(parts[0], &args.depths) || !ints(parts[1], &args.dims) ||
-          !ints(parts[2], &stem) || stem.size() != 1 || args.depths.size() != args.dims.size()) {
+      if (parts.size() != 3 || !ints(parts[0], &shape.depths) || !ints(parts[1], &shape.dims) ||
+          !ints(parts[2], &stem) || stem.size() != 1 || shape.depths.size() != shape.dims.size()) {
         std::fprintf(stderr, "--convnext: \"%s\" is not DEPTHS:DIMS:STEM (e.g. 12:128:4)\n",
                      value.c_str());
         return 2;
       }
-      args.stem_stride = stem[0];
-      args.custom_convnext = true;
+      shape.stem_stride = stem[0];
+      args.convnext = shape;
     }
     else if (flag == "--tune") {
       if (value != "all" && value != "lora" && value != "top-only") {
@@ -349,11 +365,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--layers applies to --task language only\n");
     return 2;
   }
-  if (args.task == "language" && args.custom_convnext) {
+  if (args.task == "language" && args.convnext.has_value()) {
     std::fprintf(stderr, "--convnext applies to the vision tasks only\n");
     return 2;
   }
-  if (args.task != "vision-shift" && args.custom_shift) {
+  if (args.task != "vision-shift" && args.shift_invert.has_value()) {
     std::fprintf(stderr, "--shift-invert applies to --task vision-shift only\n");
     return 2;
   }
