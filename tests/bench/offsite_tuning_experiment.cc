@@ -6,7 +6,7 @@
 //   offsite_tuning_experiment --task language|vision|vision-shift [--seed N] [--threads N]
 //       [--pretrain-steps N] [--distill-steps N] [--tune-steps N] [--splits B-K-T,...]
 //       [--layers N] [--tune all|lora|top-only] [--user-train-subset N]
-//       [--convnext DEPTHS:DIMS:STEM] [--shift-invert 0|1]
+//       [--convnext DEPTHS:DIMS:STEM] [--shift-invert 0|1] [--owner-cache FILE]
 //
 // The model is pretrained and fully fine-tuned once; each split (default
 // 2-2-2) then gets its own emulator, distillation and tuned adapter.
@@ -18,6 +18,10 @@
 // --convnext sets the vision model's shape, e.g. 12:128:4 for an isotropic
 // ConvNeXt (one stage of 12 blocks, 128 wide, 4x4 patches) whose middle holds
 // most of its weights, as a ViT's does (default 2,2,4,2:32,64,128,256:2).
+// --owner-cache FILE keeps the owner's pretrained model: the first run writes
+// it, later runs of the same task, shape, seed and pretraining steps read it
+// instead of pretraining again (the longest phase; the rest of a run gives the
+// same figures either way).
 //
 // language: a GPT decoder pretrained by the owner on one fortunes collection
 //   (cookie), distilled on it, and tuned by the data owner on another
@@ -39,6 +43,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -49,6 +54,7 @@
 #include "common/domain_shift.h"
 #include "common/image_data.h"
 #include "common/runtime.h"
+#include "common/safetensors.h"
 #include "common/task_data.h"
 #include "models/model_arch.h"
 #include "models/offsite_tuning.h"
@@ -74,6 +80,7 @@ struct Args {
   int64_t user_train_subset = -1;         // vision only; -1: the default, 10000
   std::optional<ConvNextShape> convnext;  // vision only; unset: the default shape
   std::optional<bool> shift_invert;       // vision-shift only; unset: true
+  std::string owner_cache;                // empty: always pretrain
   TuneOptions adapter_tuning;
   std::vector<Split> splits = {Split()};
 };
@@ -203,8 +210,33 @@ int Run(const Args& args) {
     }
     plans.push_back(*std::move(plan));
   }
-  std::fprintf(stderr, "pretraining (%lld steps)\n", static_cast<long long>(pretrain.steps));
-  (void)Train(*full, owner, pretrain, Progress("pretrain", pretrain.steps)).value();
+  // What the owner's model depends on, so that a cache made for another
+  // configuration is refused rather than silently reused.
+  const std::string owner_key = absl::StrCat(args.task, "; seed ", args.seed, "; ", pretrain.steps,
+                                             " steps; ", arch.ShortDebugString());
+  if (!args.owner_cache.empty() && std::filesystem::exists(args.owner_cache)) {
+    SafetensorsFile cached = ReadSafetensors(args.owner_cache).value();
+    if (cached.metadata["owner_model"] != owner_key) {
+      std::fprintf(stderr, "--owner-cache: %s holds the owner's model of \"%s\", not \"%s\"\n",
+                   args.owner_cache.c_str(), cached.metadata["owner_model"].c_str(),
+                   owner_key.c_str());
+      return 2;
+    }
+    const absl::Status loaded = LoadNamedTensors(cached.tensors, *full);
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "--owner-cache: %s\n", loaded.ToString().c_str());
+      return 2;
+    }
+    std::fprintf(stderr, "owner's model read from %s\n", args.owner_cache.c_str());
+  } else {
+    std::fprintf(stderr, "pretraining (%lld steps)\n", static_cast<long long>(pretrain.steps));
+    (void)Train(*full, owner, pretrain, Progress("pretrain", pretrain.steps)).value();
+    if (!args.owner_cache.empty()) {
+      SafetensorsFile file{NamedTensorsOf(*full), {{"owner_model", owner_key}}};
+      const absl::Status written = WriteSafetensors(args.owner_cache, file);
+      if (!written.ok()) std::fprintf(stderr, "--owner-cache: %s\n", written.ToString().c_str());
+    }
+  }
   const Evaluation owner_eval = Evaluate(*full, owner, 64);
 
   const int64_t new_head = language || shift ? 0 : 5;
@@ -304,6 +336,7 @@ int main(int argc, char** argv) {
     else if (flag == "--tune-steps") args.tune_steps = std::atoll(value.c_str());
     else if (flag == "--layers") args.layers = std::atoll(value.c_str());
     else if (flag == "--user-train-subset") args.user_train_subset = std::atoll(value.c_str());
+    else if (flag == "--owner-cache") args.owner_cache = value;
     else if (flag == "--shift-invert") {
       if (value != "0" && value != "1") {
         std::fprintf(stderr, "--shift-invert: \"%s\" is not 0 or 1\n", value.c_str());
