@@ -215,7 +215,12 @@ int Run(const Args& args) {
   const std::string owner_key = absl::StrCat(args.task, "; seed ", args.seed, "; ", pretrain.steps,
                                              " steps; ", arch.ShortDebugString());
   if (!args.owner_cache.empty() && std::filesystem::exists(args.owner_cache)) {
-    SafetensorsFile cached = ReadSafetensors(args.owner_cache).value();
+    absl::StatusOr<SafetensorsFile> read = ReadSafetensors(args.owner_cache);
+    if (!read.ok()) {
+      std::fprintf(stderr, "--owner-cache: %s\n", read.status().ToString().c_str());
+      return 2;
+    }
+    SafetensorsFile& cached = *read;
     if (cached.metadata["owner_model"] != owner_key) {
       std::fprintf(stderr, "--owner-cache: %s holds the owner's model of \"%s\", not \"%s\"\n",
                    args.owner_cache.c_str(), cached.metadata["owner_model"].c_str(),
