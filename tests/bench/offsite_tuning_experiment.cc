@@ -190,6 +190,25 @@ int Run(const Args& args) {
   tune.warmup_steps = tune.steps / 10;
   const torch::Device cpu(torch::kCPU);
   const int64_t context = language ? arch.gpt().n_positions() : 0;
+  // What the owner's model depends on, so that a cache made for another
+  // configuration is refused, and at once, before the data is loaded.
+  const std::string owner_key = absl::StrCat(args.task, "; seed ", args.seed, "; ", pretrain.steps,
+                                             " steps; ", arch.ShortDebugString());
+  std::optional<SafetensorsFile> cached_owner;
+  if (!args.owner_cache.empty() && std::filesystem::exists(args.owner_cache)) {
+    absl::StatusOr<SafetensorsFile> read = ReadSafetensors(args.owner_cache);
+    if (!read.ok()) {
+      std::fprintf(stderr, "--owner-cache: %s\n", read.status().ToString().c_str());
+      return 2;
+    }
+    const std::string made_for = read->metadata["owner_model"];
+    if (made_for != owner_key) {
+      std::fprintf(stderr, "--owner-cache: %s holds the owner's model of \"%s\", not \"%s\"\n",
+                   args.owner_cache.c_str(), made_for.c_str(), owner_key.c_str());
+      return 2;
+    }
+    cached_owner = *std::move(read);
+  }
   TaskTensors owner = LoadTaskData(owner_data, context, cpu, "owner").value();
   const bool invert = args.shift_invert.value_or(true);
   TaskTensors user = shift ? UserDomainTask(user_data.images(), 30000, args.seed + 100, invert)
@@ -210,24 +229,8 @@ int Run(const Args& args) {
     }
     plans.push_back(*std::move(plan));
   }
-  // What the owner's model depends on, so that a cache made for another
-  // configuration is refused rather than silently reused.
-  const std::string owner_key = absl::StrCat(args.task, "; seed ", args.seed, "; ", pretrain.steps,
-                                             " steps; ", arch.ShortDebugString());
-  if (!args.owner_cache.empty() && std::filesystem::exists(args.owner_cache)) {
-    absl::StatusOr<SafetensorsFile> read = ReadSafetensors(args.owner_cache);
-    if (!read.ok()) {
-      std::fprintf(stderr, "--owner-cache: %s\n", read.status().ToString().c_str());
-      return 2;
-    }
-    SafetensorsFile& cached = *read;
-    if (cached.metadata["owner_model"] != owner_key) {
-      std::fprintf(stderr, "--owner-cache: %s holds the owner's model of \"%s\", not \"%s\"\n",
-                   args.owner_cache.c_str(), cached.metadata["owner_model"].c_str(),
-                   owner_key.c_str());
-      return 2;
-    }
-    const absl::Status loaded = LoadNamedTensors(cached.tensors, *full);
+  if (cached_owner.has_value()) {
+    const absl::Status loaded = LoadNamedTensors(cached_owner->tensors, *full);
     if (!loaded.ok()) {
       std::fprintf(stderr, "--owner-cache: %s\n", loaded.ToString().c_str());
       return 2;
