@@ -7,6 +7,7 @@
 //       [--pretrain-steps N] [--distill-steps N] [--tune-steps N] [--splits B-K-T,...]
 //       [--layers N] [--tune all|lora|top-only] [--user-train-subset N]
 //       [--convnext DEPTHS:DIMS:STEM] [--shift-invert 0|1] [--owner-cache FILE]
+//       [--owner-pretrain supervised|fcmae]
 //
 // The model is pretrained and fully fine-tuned once; each split (default
 // 2-2-2) then gets its own emulator, distillation and tuned adapter.
@@ -22,6 +23,13 @@
 // it, later runs of the same task, shape, seed and pretraining steps read it
 // instead of pretraining again (the longest phase; the rest of a run gives the
 // same figures either way).
+// --owner-pretrain fcmae (vision): the owner pretrains the ConvNeXt V2 without
+// labels, by FCMAE (models/fcmae.h), on the training images the data owner
+// does not hold (all classes: images from --user-train-subset's end on), and
+// distils the emulator on them; the model's head is never trained, so the
+// data owner's new head and adapter are all the task sees. The mask grid is
+// the encoder's total stride: use a 3-stage shape at 32 px (--convnext
+// 2,2,6:40,80,160:2, the fcmae job's default, gives a 4x4 grid).
 //
 // language: a GPT decoder pretrained by the owner on one fortunes collection
 //   (cookie), distilled on it, and tuned by the data owner on another
@@ -55,9 +63,13 @@
 #include "common/image_data.h"
 #include "common/runtime.h"
 #include "common/safetensors.h"
+#include "common/status_macros.h"
 #include "common/task_data.h"
+#include "models/fcmae.h"
+#include "models/lr_schedule.h"
 #include "models/model_arch.h"
 #include "models/offsite_tuning.h"
+#include "models/optimizer.h"
 
 namespace offsite {
 namespace {
@@ -81,6 +93,7 @@ struct Args {
   std::optional<ConvNextShape> convnext;  // vision only; unset: the default shape
   std::optional<bool> shift_invert;       // vision-shift only; unset: true
   std::string owner_cache;                // empty: always pretrain
+  bool fcmae_owner = false;               // vision only
   TuneOptions adapter_tuning;
   std::vector<Split> splits = {Split()};
 };
@@ -129,6 +142,51 @@ TaskTensors UserDomainTask(const v1::ImageData& data, int64_t first, uint64_t se
   return task;
 }
 
+// The owner's self-supervised pretraining: FCMAE on `images` (unlabelled),
+// with the ConvNeXt V2 recipe (AdamW, betas (0.9, 0.95), no decay on 1-D
+// parameters, warm-up then cosine), the encoder's weights then copied into
+// `full`, whose head stays as initialised. Returns the masked-patch loss on
+// `held_out` under a fixed mask.
+absl::StatusOr<double> PretrainFcmae(BlockModelImpl& full, const v1::ModelArch& arch,
+                                     const torch::Tensor& images, const torch::Tensor& held_out,
+                                     const TrainOptions& options) {
+  OFFSITE_ASSIGN_OR_RETURN(ConvNextV2Config config,
+                           ResolveArch(arch.convnext_v2(), images.size(1), 0));
+  torch::manual_seed(options.seed);
+  OFFSITE_ASSIGN_OR_RETURN(Fcmae fcmae, MakeFcmae(config, FcmaeOptions{}));
+  OFFSITE_RETURN_IF_ERROR(fcmae->ValidateImageSize(images.size(2), images.size(3)));
+  std::unique_ptr<torch::optim::AdamW> optimizer =
+      MakeAdamW(*fcmae, options.learning_rate, options.weight_decay, 0.95, false);
+  const torch::Tensor mask = fcmae->RandomMask(held_out);
+  auto held_out_loss = [&] {
+    torch::NoGradGuard no_grad;
+    fcmae->eval();
+    const double loss = fcmae->forward(held_out, mask).loss.item<double>();
+    fcmae->train();
+    return loss;
+  };
+  std::fprintf(stderr, "FCMAE on %lld images, mask patch %lld px: held-out loss %.4f\n",
+               static_cast<long long>(images.size(0)), static_cast<long long>(fcmae->patch_size()),
+               held_out_loss());
+  const int64_t n = images.size(0);
+  for (int64_t step = 0; step < options.steps; ++step) {
+    SetLearningRate(*optimizer,
+                    WarmupCosine(step, options.warmup_steps, options.steps, options.learning_rate));
+    const torch::Tensor batch = torch::randint(n, {options.batch_size}, torch::kLong);
+    FcmaeOutput out = fcmae->forward(images.index_select(0, batch));
+    optimizer->zero_grad();
+    out.loss.backward();
+    optimizer->step();
+    if ((step + 1) % options.eval_interval == 0 || step + 1 == options.steps) {
+      std::fprintf(stderr, "  fcmae %lld/%lld loss %.4f held-out %.4f\n",
+                   static_cast<long long>(step + 1), static_cast<long long>(options.steps),
+                   out.loss.item<double>(), held_out_loss());
+    }
+  }
+  OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(NamedTensorsOf(*fcmae->encoder()), full));
+  return held_out_loss();
+}
+
 int Run(const Args& args) {
   const bool language = args.task == "language";
   const bool shift = args.task == "vision-shift";
@@ -155,7 +213,14 @@ int Run(const Args& args) {
     for (int64_t d : shape.depths) arch.mutable_convnext_v2()->add_depths(d);
     for (int64_t d : shape.dims) arch.mutable_convnext_v2()->add_dims(d);
     arch.mutable_convnext_v2()->set_stem_stride(shape.stem_stride);
-    if (shift) {
+    if (args.fcmae_owner) {
+      // All ten classes, no labels used: the head is never trained.
+      arch.set_num_classes(10);
+      owner_data.mutable_images()->set_test_subset(5000);
+      for (int c : {5, 6, 7, 8, 9}) user_data.mutable_images()->add_classes(c);
+      user_data.mutable_images()->set_train_subset(
+          args.user_train_subset >= 0 ? args.user_train_subset : 10000);
+    } else if (shift) {
       arch.set_num_classes(10);
       owner_data.mutable_images()->set_train_subset(30000);
       owner_data.mutable_images()->set_test_subset(5000);
@@ -178,10 +243,17 @@ int Run(const Args& args) {
     tune.learning_rate = 1e-3;
     distill_steps = 300;
   }
+  if (args.fcmae_owner) {
+    // 800 x 128 = 102,400 image-steps, as the 1,000-label FCMAE rows of
+    // docs/results/convnext.md.
+    pretrain.steps = 800;
+    pretrain.warmup_steps = 80;
+  }
   if (args.pretrain_steps >= 0) pretrain.steps = args.pretrain_steps;
   if (args.tune_steps >= 0) tune.steps = args.tune_steps;
   if (args.distill_steps >= 0) distill_steps = args.distill_steps;
   pretrain.batch_size = tune.batch_size = 32;
+  if (args.fcmae_owner) pretrain.batch_size = 128;
   pretrain.eval_interval = std::max<int64_t>(1, pretrain.steps / 5);
   tune.eval_interval = std::max<int64_t>(1, tune.steps / 5);
   pretrain.seed = args.seed;
@@ -192,8 +264,9 @@ int Run(const Args& args) {
   const int64_t context = language ? arch.gpt().n_positions() : 0;
   // What the owner's model depends on, so that a cache made for another
   // configuration is refused, and at once, before the data is loaded.
-  const std::string owner_key = absl::StrCat(args.task, "; seed ", args.seed, "; ", pretrain.steps,
-                                             " steps; ", arch.ShortDebugString());
+  const std::string owner_key =
+      absl::StrCat(args.task, args.fcmae_owner ? " (fcmae)" : "", "; seed ", args.seed, "; ",
+                   pretrain.steps, " steps; ", arch.ShortDebugString());
   std::optional<SafetensorsFile> cached_owner;
   if (!args.owner_cache.empty() && std::filesystem::exists(args.owner_cache)) {
     absl::StatusOr<SafetensorsFile> read = ReadSafetensors(args.owner_cache);
@@ -210,6 +283,12 @@ int Run(const Args& args) {
     cached_owner = *std::move(read);
   }
   TaskTensors owner = LoadTaskData(owner_data, context, cpu, "owner").value();
+  if (args.fcmae_owner) {
+    // The owner never holds the data owner's training images.
+    const int64_t first = user_data.images().train_subset();
+    owner.train_input = owner.train_input.slice(0, first);
+    owner.train_target = owner.train_target.slice(0, first);
+  }
   const bool invert = args.shift_invert.value_or(true);
   TaskTensors user = shift ? UserDomainTask(user_data.images(), 30000, args.seed + 100, invert)
                            : LoadTaskData(user_data, context, cpu, "user").value();
@@ -238,7 +317,13 @@ int Run(const Args& args) {
     std::fprintf(stderr, "owner's model read from %s\n", args.owner_cache.c_str());
   } else {
     std::fprintf(stderr, "pretraining (%lld steps)\n", static_cast<long long>(pretrain.steps));
-    (void)Train(*full, owner, pretrain, Progress("pretrain", pretrain.steps)).value();
+    if (args.fcmae_owner) {
+      (void)PretrainFcmae(*full, arch, owner.train_input, owner.valid_input.slice(0, 0, 256),
+                          pretrain)
+          .value();
+    } else {
+      (void)Train(*full, owner, pretrain, Progress("pretrain", pretrain.steps)).value();
+    }
     if (!args.owner_cache.empty()) {
       SafetensorsFile file{NamedTensorsOf(*full), {{"owner_model", owner_key}}};
       const absl::Status written = WriteSafetensors(args.owner_cache, file);
@@ -322,9 +407,14 @@ int Run(const Args& args) {
                 Figure(Evaluate(*plugged, user, 64), language));
     std::fflush(stdout);
   }
-  std::printf("\nowner's own task after pretraining: %s %.2f; %lld blocks; seed %llu; %.0f s\n",
-              language ? "perplexity" : "accuracy %", Figure(owner_eval, language),
-              static_cast<long long>(full->num_blocks()),
+  if (args.fcmae_owner) {
+    std::printf("\nowner's model pretrained by FCMAE on %lld unlabelled images",
+                static_cast<long long>(owner.train_input.size(0)));
+  } else {
+    std::printf("\nowner's own task after pretraining: %s %.2f",
+                language ? "perplexity" : "accuracy %", Figure(owner_eval, language));
+  }
+  std::printf("; %lld blocks; seed %llu; %.0f s\n", static_cast<long long>(full->num_blocks()),
               static_cast<unsigned long long>(args.seed), Now() - t0);
   return 0;
 }
@@ -345,6 +435,14 @@ int main(int argc, char** argv) {
     else if (flag == "--layers") args.layers = std::atoll(value.c_str());
     else if (flag == "--user-train-subset") args.user_train_subset = std::atoll(value.c_str());
     else if (flag == "--owner-cache") args.owner_cache = value;
+    else if (flag == "--owner-pretrain") {
+      if (value != "supervised" && value != "fcmae") {
+        std::fprintf(stderr, "--owner-pretrain: \"%s\" is not supervised or fcmae\n",
+                     value.c_str());
+        return 2;
+      }
+      args.fcmae_owner = value == "fcmae";
+    }
     else if (flag == "--shift-invert") {
       if (value != "0" && value != "1") {
         std::fprintf(stderr, "--shift-invert: \"%s\" is not 0 or 1\n", value.c_str());
@@ -412,6 +510,10 @@ int main(int argc, char** argv) {
   }
   if (args.task != "vision-shift" && args.shift_invert.has_value()) {
     std::fprintf(stderr, "--shift-invert applies to --task vision-shift only\n");
+    return 2;
+  }
+  if (args.task != "vision" && args.fcmae_owner) {
+    std::fprintf(stderr, "--owner-pretrain fcmae applies to --task vision only\n");
     return 2;
   }
   if (args.task != "vision" && args.user_train_subset >= 0) {
