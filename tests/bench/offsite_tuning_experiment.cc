@@ -330,7 +330,9 @@ int Run(const Args& args) {
       if (!written.ok()) std::fprintf(stderr, "--owner-cache: %s\n", written.ToString().c_str());
     }
   }
-  const Evaluation owner_eval = Evaluate(*full, owner, 64);
+  // FCMAE trains no task, so its owner has no figure of its own.
+  const std::optional<Evaluation> owner_eval =
+      args.fcmae_owner ? std::nullopt : std::make_optional(Evaluate(*full, owner, 64));
 
   const int64_t new_head = language || shift ? 0 : 5;
   std::printf("| row | %s |\n| --- | --- |\n",
@@ -412,7 +414,7 @@ int Run(const Args& args) {
                 static_cast<long long>(owner.train_input.size(0)));
   } else {
     std::printf("\nowner's own task after pretraining: %s %.2f",
-                language ? "perplexity" : "accuracy %", Figure(owner_eval, language));
+                language ? "perplexity" : "accuracy %", Figure(*owner_eval, language));
   }
   std::printf("; %lld blocks; seed %llu; %.0f s\n", static_cast<long long>(full->num_blocks()),
               static_cast<unsigned long long>(args.seed), Now() - t0);
@@ -514,6 +516,12 @@ int main(int argc, char** argv) {
   }
   if (args.task != "vision" && args.fcmae_owner) {
     std::fprintf(stderr, "--owner-pretrain fcmae applies to --task vision only\n");
+    return 2;
+  }
+  if (args.fcmae_owner && args.user_train_subset == 0) {
+    std::fprintf(stderr,
+                 "--user-train-subset 0 gives the data owner every training image, which leaves "
+                 "the FCMAE owner none of its own\n");
     return 2;
   }
   if (args.task != "vision" && args.user_train_subset >= 0) {
