@@ -145,11 +145,11 @@ TaskTensors UserDomainTask(const v1::ImageData& data, int64_t first, uint64_t se
 // The owner's self-supervised pretraining: FCMAE on `images` (unlabelled),
 // with the ConvNeXt V2 recipe (AdamW, betas (0.9, 0.95), no decay on 1-D
 // parameters, warm-up then cosine), the encoder's weights then copied into
-// `full`, whose head stays as initialised. Returns the masked-patch loss on
+// `full`, whose head stays as initialised. Progress: the masked-patch loss on
 // `held_out` under a fixed mask.
-absl::StatusOr<double> PretrainFcmae(BlockModelImpl& full, const v1::ModelArch& arch,
-                                     const torch::Tensor& images, const torch::Tensor& held_out,
-                                     const TrainOptions& options) {
+absl::Status PretrainFcmae(BlockModelImpl& full, const v1::ModelArch& arch,
+                           const torch::Tensor& images, const torch::Tensor& held_out,
+                           const TrainOptions& options) {
   OFFSITE_ASSIGN_OR_RETURN(ConvNextV2Config config,
                            ResolveArch(arch.convnext_v2(), images.size(1), 0));
   torch::manual_seed(options.seed);
@@ -183,8 +183,7 @@ absl::StatusOr<double> PretrainFcmae(BlockModelImpl& full, const v1::ModelArch& 
                    out.loss.item<double>(), held_out_loss());
     }
   }
-  OFFSITE_RETURN_IF_ERROR(LoadNamedTensors(NamedTensorsOf(*fcmae->encoder()), full));
-  return held_out_loss();
+  return LoadNamedTensors(NamedTensorsOf(*fcmae->encoder()), full);
 }
 
 int Run(const Args& args) {
@@ -213,22 +212,20 @@ int Run(const Args& args) {
     for (int64_t d : shape.depths) arch.mutable_convnext_v2()->add_depths(d);
     for (int64_t d : shape.dims) arch.mutable_convnext_v2()->add_dims(d);
     arch.mutable_convnext_v2()->set_stem_stride(shape.stem_stride);
-    if (args.fcmae_owner) {
-      // All ten classes, no labels used: the head is never trained.
-      arch.set_num_classes(10);
-      owner_data.mutable_images()->set_test_subset(5000);
-      for (int c : {5, 6, 7, 8, 9}) user_data.mutable_images()->add_classes(c);
-      user_data.mutable_images()->set_train_subset(
-          args.user_train_subset >= 0 ? args.user_train_subset : 10000);
-    } else if (shift) {
+    if (shift) {
       arch.set_num_classes(10);
       owner_data.mutable_images()->set_train_subset(30000);
       owner_data.mutable_images()->set_test_subset(5000);
       user_data.mutable_images()->set_train_subset(40000);  // The last 10,000 are kept.
       user_data.mutable_images()->set_test_subset(5000);
     } else {
-      arch.set_num_classes(5);
-      for (int c : {0, 1, 2, 3, 4}) owner_data.mutable_images()->add_classes(c);
+      if (args.fcmae_owner) {
+        // All ten classes, no labels used: the head is never trained.
+        arch.set_num_classes(10);
+      } else {
+        arch.set_num_classes(5);
+        for (int c : {0, 1, 2, 3, 4}) owner_data.mutable_images()->add_classes(c);
+      }
       owner_data.mutable_images()->set_test_subset(5000);
       for (int c : {5, 6, 7, 8, 9}) user_data.mutable_images()->add_classes(c);
       // ~5000 of classes 5-9 by default.
@@ -243,17 +240,17 @@ int Run(const Args& args) {
     tune.learning_rate = 1e-3;
     distill_steps = 300;
   }
+  pretrain.batch_size = tune.batch_size = 32;
   if (args.fcmae_owner) {
     // 800 x 128 = 102,400 image-steps, as the 1,000-label FCMAE rows of
     // docs/results/convnext.md.
     pretrain.steps = 800;
     pretrain.warmup_steps = 80;
+    pretrain.batch_size = 128;
   }
   if (args.pretrain_steps >= 0) pretrain.steps = args.pretrain_steps;
   if (args.tune_steps >= 0) tune.steps = args.tune_steps;
   if (args.distill_steps >= 0) distill_steps = args.distill_steps;
-  pretrain.batch_size = tune.batch_size = 32;
-  if (args.fcmae_owner) pretrain.batch_size = 128;
   pretrain.eval_interval = std::max<int64_t>(1, pretrain.steps / 5);
   tune.eval_interval = std::max<int64_t>(1, tune.steps / 5);
   pretrain.seed = args.seed;
@@ -318,9 +315,12 @@ int Run(const Args& args) {
   } else {
     std::fprintf(stderr, "pretraining (%lld steps)\n", static_cast<long long>(pretrain.steps));
     if (args.fcmae_owner) {
-      (void)PretrainFcmae(*full, arch, owner.train_input, owner.valid_input.slice(0, 0, 256),
-                          pretrain)
-          .value();
+      const absl::Status pretrained = PretrainFcmae(*full, arch, owner.train_input,
+                                                    owner.valid_input.slice(0, 0, 256), pretrain);
+      if (!pretrained.ok()) {
+        std::fprintf(stderr, "--owner-pretrain fcmae: %s\n", pretrained.ToString().c_str());
+        return 2;
+      }
     } else {
       (void)Train(*full, owner, pretrain, Progress("pretrain", pretrain.steps)).value();
     }
